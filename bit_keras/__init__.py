@@ -1,0 +1,8 @@
+"""Big Transfer (BiT) for Keras 3: ResNet-v2 models, checkpoints, HyperRule fine-tuning."""
+
+__version__ = "0.1.0"
+
+from bit_keras.checkpoints import save_official
+from bit_keras.layers import GroupNormalization, StandardizedConv2D
+from bit_keras.models import BiT
+from bit_keras.resnet import Variant, get_variant, variants

@@ -1,0 +1,170 @@
+"""The BiT ResNet-v2 architectures: one builder driven by a table of variants.
+
+A BiT model is a pre-activation ResNet-v2 whose convolutions are weight
+standardised and whose batch norms are group norms (32 groups). Its name,
+`BiT-{S,M,L}-R{depth}x{width}`, gives the upstream data it was trained on and
+its size; the layout follows the official release so that every weight maps
+to exactly one key of the official checkpoints.
+"""
+
+import dataclasses
+import re
+
+import keras
+from keras import layers
+
+from bit_keras.layers import GroupNormalization, StandardizedConv2D
+
+UNITS_PER_BLOCK = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+WIDTH_FACTORS = (1, 2, 3, 4)
+RELEASED_ARCHITECTURES = ("R50x1", "R50x3", "R101x1", "R101x3", "R152x2", "R152x4")
+
+# Upstream data of each family, and the classes of its pre-training head.
+UPSTREAM = {
+    "BiT-S": ("ILSVRC-2012", 1000),
+    "BiT-M": ("ImageNet-21k", 21843),
+    "BiT-L": ("JFT-300M", 18291),
+}
+RELEASED_FAMILIES = ("BiT-S", "BiT-M")  # BiT-L weights were never released.
+
+_NAME = re.compile(r"^(BiT-[SML])-R(\d+)x(\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One BiT architecture: units per block, width factor, upstream head.
+
+    Args:
+        units: number of residual units in each of the four blocks.
+        width: width factor; block b has 64 * width * 2**(b-1) bottleneck
+            channels and 4x as many outputs.
+        family: "BiT-S", "BiT-M", "BiT-L", or None for a custom configuration.
+        upstream_classes: classes of the upstream head, or None.
+
+    Example:
+
+    >>> tiny = Variant(units=(1, 1, 1, 1), width=1)
+    >>> tiny.name
+    'R1-1-1-1x1'
+    """
+
+    units: tuple
+    width: int = 1
+    family: str = None
+    upstream_classes: int = None
+
+    def __post_init__(self):
+        units = tuple(int(u) for u in self.units)
+        if len(units) != 4 or min(units) < 1:
+            raise ValueError(f"units must be four positive counts (one per block), got {self.units!r}.")
+        if int(self.width) < 1:
+            raise ValueError(f"width must be a positive integer, got {self.width!r}.")
+        object.__setattr__(self, "units", units)
+        object.__setattr__(self, "width", int(self.width))
+
+    @property
+    def architecture(self):
+        depth = {v: k for k, v in UNITS_PER_BLOCK.items()}.get(self.units)
+        if depth is None:
+            return f"R{'-'.join(map(str, self.units))}x{self.width}"
+        return f"R{depth}x{self.width}"
+
+    @property
+    def name(self):
+        return f"{self.family}-{self.architecture}" if self.family else self.architecture
+
+    @property
+    def weights_released(self):
+        return self.family in RELEASED_FAMILIES and self.architecture in RELEASED_ARCHITECTURES
+
+    @property
+    def feature_size(self):
+        """Channels of the pre-logits vector: 2048 * width for the four blocks."""
+        return 64 * self.width * 2 ** (len(self.units) - 1) * 4
+
+
+def get_variant(variant):
+    """Returns the `Variant` for a name such as "BiT-M-R50x1", or `variant` itself."""
+    if isinstance(variant, Variant):
+        return variant
+    match = _NAME.match(str(variant))
+    if not match or int(match[2]) not in UNITS_PER_BLOCK or int(match[3]) not in WIDTH_FACTORS:
+        raise ValueError(
+            f"Unknown BiT variant {variant!r}. Use 'BiT-{{S,M,L}}-R{{50,101,152}}x{{1,2,3,4}}' "
+            f"(released weights: BiT-S/BiT-M with {', '.join(RELEASED_ARCHITECTURES)}) or "
+            f"bit_keras.Variant(units=(...), width=...) for a custom size."
+        )
+    family, depth, width = match[1], int(match[2]), int(match[3])
+    return Variant(UNITS_PER_BLOCK[depth], width, family, UPSTREAM[family][1])
+
+
+def variants(released_only=True):
+    """Names of the named variants, the released ones by default."""
+    families = RELEASED_FAMILIES if released_only else tuple(UPSTREAM)
+    if released_only:
+        architectures = RELEASED_ARCHITECTURES
+    else:
+        architectures = tuple(f"R{d}x{w}" for d in UNITS_PER_BLOCK for w in WIDTH_FACTORS)
+    return [f"{f}-{a}" for f in families for a in architectures]
+
+
+def _conv(filters, kernel_size, name, strides=1):
+    return StandardizedConv2D(filters, kernel_size, strides=strides, padding="valid", name=name)
+
+
+def _gn_relu(x, name):
+    x = GroupNormalization(groups=32, epsilon=1e-5, name=f"{name}_gn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def _unit(x, mid_channels, strides, name):
+    out_channels = 4 * mid_channels
+    preact = _gn_relu(x, f"{name}_a")
+    if strides > 1 or x.shape[-1] != out_channels:
+        shortcut = _conv(out_channels, 1, f"{name}_proj", strides)(preact)
+    else:
+        shortcut = x
+    y = _conv(mid_channels, 1, f"{name}_a_conv")(preact)
+    y = _gn_relu(y, f"{name}_b")
+    y = layers.ZeroPadding2D(1, name=f"{name}_b_pad")(y)
+    y = _conv(mid_channels, 3, f"{name}_b_conv", strides)(y)
+    y = _gn_relu(y, f"{name}_c")
+    y = _conv(out_channels, 1, f"{name}_c_conv")(y)
+    return layers.Add(name=f"{name}_add")([y, shortcut])
+
+
+def build_resnet(variant, num_classes=None, include_top=True, pooling=None, input_shape=(None, None, 3), name=None):
+    """Builds the functional BiT ResNet-v2 for a `Variant`, with fresh weights.
+
+    Layer names are `root_conv`, `block{b}_unit{u:02d}_{a,b,c}_{gn,conv}`,
+    `block{b}_unit01_proj`, `pre_head_gn` and `head`;
+    `bit_keras.checkpoints.official_weights` maps them to the official keys.
+    """
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}.")
+    width = variant.width
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = layers.ZeroPadding2D(3, name="root_pad")(inputs)
+    x = _conv(64 * width, 7, "root_conv", strides=2)(x)
+    x = layers.ZeroPadding2D(1, name="root_pool_pad")(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="valid", name="root_pool")(x)
+    for block, units in enumerate(variant.units, start=1):
+        mid_channels = 64 * width * 2 ** (block - 1)
+        for unit in range(1, units + 1):
+            strides = 2 if block > 1 and unit == 1 else 1
+            x = _unit(x, mid_channels, strides, f"block{block}_unit{unit:02d}")
+    x = _gn_relu(x, "pre_head")
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        # Logits in the variable dtype (float32 under mixed precision).
+        x = layers.Dense(
+            num_classes,
+            kernel_initializer="zeros",
+            name="head",
+            dtype=keras.config.dtype_policy().variable_dtype,
+        )(x)
+    elif pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return keras.Model(inputs, x, name=name or variant.name)

@@ -1,0 +1,28 @@
+import gc
+import os
+import sys
+
+import keras
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+BACKEND = keras.backend.backend()
+
+requires_tensorflow = pytest.mark.skipif(BACKEND != "tensorflow", reason="needs the TensorFlow backend")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    keras.config.set_dtype_policy("float32")
+    yield
+    keras.config.set_dtype_policy("float32")
+    keras.backend.clear_session()
+    gc.collect()
+
+
+@pytest.fixture
+def tiny():
+    import bit_keras
+
+    return bit_keras.Variant(units=(1, 1, 1, 1), width=1)

@@ -1,0 +1,83 @@
+import keras
+import numpy as np
+import pytest
+from reference import conv2d, group_norm, pad, standardize
+
+from bit_keras import GroupNormalization, StandardizedConv2D
+
+pytestmark = pytest.mark.backends
+
+
+def test_standardized_conv_matches_numpy():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 9, 11, 5)).astype("float32")
+    conv = StandardizedConv2D(7, 3, strides=2, padding="valid")
+    conv.build(x.shape)
+    kernel = (rng.standard_normal((3, 3, 5, 7)) * 0.3 + 0.2).astype("float32")
+    conv.kernel.assign(kernel)
+    expected = conv2d(pad(x, 1), standardize(kernel), stride=2)
+    got = keras.ops.convert_to_numpy(conv(pad(x, 1)))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_weight_standardization_epsilon_is_bit():
+    # A constant kernel has zero variance: with eps 1e-10 its values become
+    # (w - mean) / 1e-5; a 1e-8 epsilon (timm / HF) would give a different scale.
+    conv = StandardizedConv2D(1, 1, use_bias=False)
+    conv.build((1, 1, 1, 2))
+    conv.kernel.assign(np.array([[[[1.0], [1.0 + 2e-5]]]], "float32"))
+    w = keras.ops.convert_to_numpy(conv.standardized_kernel())
+    np.testing.assert_allclose(np.abs(w).ravel(), np.full(2, 1e-5 / np.sqrt(1e-10 + 1e-10)), rtol=2e-2)
+    assert conv.epsilon == 1e-10
+
+
+@pytest.mark.parametrize("groups,channels", [(32, 64), (4, 8), (1, 3)])
+def test_group_norm_matches_numpy(groups, channels):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((3, 5, 6, channels)) * 4 + 2).astype("float32")
+    gn = GroupNormalization(groups=groups)
+    gn.build(x.shape)
+    gamma = rng.standard_normal(channels).astype("float32")
+    beta = rng.standard_normal(channels).astype("float32")
+    gn.gamma.assign(gamma)
+    gn.beta.assign(beta)
+    got = keras.ops.convert_to_numpy(gn(x))
+    np.testing.assert_allclose(got, group_norm(x, gamma, beta, groups=groups), rtol=1e-4, atol=1e-4)
+    assert gn.epsilon == 1e-5
+
+
+def test_group_norm_rejects_indivisible_channels():
+    with pytest.raises(ValueError, match="divisible by the number of groups"):
+        GroupNormalization(groups=32)(np.zeros((1, 2, 2, 48), "float32"))
+
+
+def test_group_norm_statistics_are_float32_under_mixed_float16():
+    # Squares of these values overflow float16 (max 65504): statistics computed
+    # in float16 would give inf/nan.
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((2, 8, 8, 64)) * 50 + 400).astype("float16")
+    gn = GroupNormalization(dtype="mixed_float16")
+    out = gn(x)
+    assert keras.backend.standardize_dtype(out.dtype) == "float16"
+    got = keras.ops.convert_to_numpy(out).astype("float32")
+    expected = group_norm(x.astype("float32"), np.ones(64), np.zeros(64))
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, atol=1e-2)
+
+
+def test_standardized_conv_under_mixed_bfloat16_uses_float32_kernel():
+    conv = StandardizedConv2D(4, 1, dtype="mixed_bfloat16")
+    x = np.ones((1, 2, 2, 3), "float32")
+    out = conv(x)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    assert keras.backend.standardize_dtype(conv.kernel.dtype) == "float32"
+    expected = conv2d(x, standardize(keras.ops.convert_to_numpy(conv.kernel)))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.cast(out, "float32")), expected, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("layer", [StandardizedConv2D(6, 3, strides=2, padding="same"), GroupNormalization(groups=2, epsilon=1e-4)])
+def test_layers_serialize(layer):
+    config = layer.get_config()
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(clone) is type(layer)
+    assert clone.get_config() == config

@@ -1,0 +1,112 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+from reference import UNITS, layout
+
+import bit_keras
+from bit_keras.checkpoints import official_weights
+from bit_keras.resnet import RELEASED_ARCHITECTURES
+
+pytestmark = pytest.mark.backends
+
+
+@pytest.mark.parametrize("architecture", RELEASED_ARCHITECTURES)
+def test_released_variants_match_checkpoint_layout(architecture):
+    """Every weight maps to one official key with its shape; the counts are the layout's sums."""
+    if keras.backend.backend() != "tensorflow" and architecture != "R50x1":
+        pytest.skip("the layout does not depend on the backend; the large variants are checked under TensorFlow")
+    depth, width = (int(v) for v in architecture[1:].split("x"))
+    model = bit_keras.BiT(f"BiT-M-{architecture}")
+    expected = layout(UNITS[depth], width, 21843)
+    got = {key: tuple(v.shape) for key, v in official_weights(model).items()}
+    got["resnet/head/conv2d/kernel"] = (1, 1) + got["resnet/head/conv2d/kernel"]
+    assert got == expected
+    body = sum(int(np.prod(s)) for k, s in expected.items() if "/head/" not in k)
+    assert model.count_params() == body + 2048 * width * 21843 + 21843
+    if architecture == "R50x1":
+        assert body == 23_500_352
+    if architecture == "R152x4":
+        assert body == 928_340_224
+    del model
+
+
+def test_bit_s_head_has_1000_classes_and_new_heads_are_zero(tiny):
+    assert bit_keras.BiT("BiT-S-R50x1").output.shape == (None, 1000)
+    model = bit_keras.BiT(tiny, num_classes=7)
+    head = model.get_layer("head")
+    assert not np.any(keras.ops.convert_to_numpy(head.kernel))
+    assert not np.any(keras.ops.convert_to_numpy(head.bias))
+
+
+def test_custom_variant_needs_num_classes(tiny):
+    with pytest.raises(ValueError, match="num_classes"):
+        bit_keras.BiT(tiny)
+
+
+@pytest.mark.parametrize("name", ["BiT-X-R50x1", "BiT-M-R34x1", "BiT-M-R50x5", "R50x1"])
+def test_unknown_variant_names_are_refused(name):
+    with pytest.raises(ValueError, match="Unknown BiT variant"):
+        bit_keras.BiT(name)
+
+
+def test_bit_l_is_architecture_only():
+    variant = bit_keras.get_variant("BiT-L-R152x4")
+    assert not variant.weights_released and variant.feature_size == 8192
+    assert "BiT-L-R50x1" not in bit_keras.variants() and "BiT-L-R50x1" in bit_keras.variants(released_only=False)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (33, 47), (64, 80)])
+def test_any_input_size(tiny, size):
+    model = bit_keras.BiT(tiny, num_classes=3)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, *size, 3)).astype("float32")
+    assert model.predict(x, verbose=0).shape == (2, 3)
+
+
+def test_feature_outputs(tiny):
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
+    feature_map = bit_keras.BiT(tiny, include_top=False)
+    assert feature_map(x).shape == (2, 2, 2, 2048)
+    pooled = bit_keras.BiT(tiny, include_top=False, pooling="avg")
+    assert pooled(x).shape == (2, 2048)
+    wide = bit_keras.BiT(bit_keras.Variant((1, 1, 1, 1), width=2), include_top=False, pooling="max")
+    assert wide(x).shape == (2, 4096)
+
+
+def test_keras_round_trip_is_bit_exact(tiny, tmp_path):
+    model = bit_keras.BiT(tiny, num_classes=4)
+    rng = np.random.default_rng(0)
+    for variable in model.weights:
+        variable.assign(rng.standard_normal(variable.shape).astype("float32") * 0.1 + (1 if "gamma" in variable.path else 0))
+    path = os.path.join(tmp_path, "tiny.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    x = rng.uniform(-1, 1, (2, 48, 48, 3)).astype("float32")
+    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    assert type(loaded.get_layer("root_conv")) is bit_keras.StandardizedConv2D
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_policies(tiny, policy):
+    keras.config.set_dtype_policy(policy)
+    model = bit_keras.BiT(tiny, num_classes=3)
+    gn = model.get_layer("block1_unit01_a_gn")
+    assert gn.compute_dtype == policy.split("_")[1]
+    assert keras.backend.standardize_dtype(gn.gamma.dtype) == "float32"
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 40, 40, 3)).astype("float32")
+    logits = model(x)
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    assert np.isfinite(keras.ops.convert_to_numpy(logits)).all()
+
+
+def test_model_fit_on_random_data(tiny):
+    model = bit_keras.BiT(tiny, num_classes=2)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (8, 32, 32, 3)).astype("float32")
+    y = np.eye(2)[np.arange(8) % 2].astype("float32")
+    before = keras.ops.convert_to_numpy(model.get_layer("root_conv").kernel).copy()
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    history = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert not np.allclose(before, keras.ops.convert_to_numpy(model.get_layer("root_conv").kernel))
