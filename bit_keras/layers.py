@@ -25,7 +25,7 @@ class StandardizedConv2D(keras.layers.Conv2D):
 
     >>> import numpy as np
     >>> conv = StandardizedConv2D(8, 3, padding="same")
-    >>> conv(np.zeros((1, 16, 16, 3), "float32")).shape
+    >>> tuple(conv(np.zeros((1, 16, 16, 3), "float32")).shape)
     (1, 16, 16, 8)
     """
 
@@ -76,7 +76,7 @@ class GroupNormalization(keras.layers.Layer):
 
     >>> import numpy as np
     >>> gn = GroupNormalization(groups=2)
-    >>> gn(np.random.rand(2, 4, 4, 8).astype("float32")).shape
+    >>> tuple(gn(np.random.rand(2, 4, 4, 8).astype("float32")).shape)
     (2, 4, 4, 8)
     """
 

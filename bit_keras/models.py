@@ -42,7 +42,7 @@ def BiT(
 
     >>> import numpy as np, bit_keras
     >>> model = bit_keras.BiT(bit_keras.Variant(units=(1, 1, 1, 1)), num_classes=10)
-    >>> model(np.zeros((2, 64, 64, 3), "float32")).shape
+    >>> model.predict(np.zeros((2, 64, 64, 3), "float32"), verbose=0).shape
     (2, 10)
     """
     spec = get_variant(variant)

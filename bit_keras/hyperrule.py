@@ -1,0 +1,191 @@
+"""BiT-HyperRule: fine-tuning hyper-parameters from dataset size and image size.
+
+The rule (paper section 3.3 and the official `bit_hyperrule.py`) needs no
+search: images smaller than 96x96 px are trained at 128 px (resized to 160,
+randomly cropped), larger ones at 384 px (448 -> 384; the official code uses
+512 -> 480, available as `rule="official"`); the number of steps, the
+warm-up, the learning-rate decays and mixup follow from the dataset size.
+"""
+
+import dataclasses
+
+import keras
+from keras import ops
+
+REFERENCE_BATCH_SIZE = 512
+BASE_LR = 0.003
+SMALL_IMAGE_AREA = 96 * 96
+RESOLUTIONS = {
+    "paper": {"small": (160, 128), "large": (448, 384)},
+    "official": {"small": (160, 128), "large": (512, 480)},
+}
+# (examples below which it applies, total steps, warm-up steps, decay boundaries), at batch 512.
+SCHEDULES = (
+    (20_000, 500, 100, (200, 300, 400)),
+    (500_000, 10_000, 500, (3_000, 6_000, 9_000)),
+    (float("inf"), 20_000, 500, (6_000, 12_000, 18_000)),
+)
+MIXUP_THRESHOLD = 20_000
+MIXUP_ALPHA = 0.1
+
+
+def resolution(image_size, rule="paper"):
+    """(resize, crop) for images of `image_size` (height, width) or a side length.
+
+    >>> resolution((32, 32))
+    (160, 128)
+    >>> resolution((500, 375))
+    (448, 384)
+    """
+    if rule not in RESOLUTIONS:
+        raise ValueError(f"rule must be one of {sorted(RESOLUTIONS)}, got {rule!r}.")
+    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)[:2]
+    size = "small" if height * width < SMALL_IMAGE_AREA else "large"
+    return RESOLUTIONS[rule][size]
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Steps of a HyperRule run at the reference batch size of 512."""
+
+    warmup_steps: int
+    boundaries: tuple
+    total_steps: int
+
+
+def schedule(dataset_size):
+    """The HyperRule step schedule for a dataset of `dataset_size` examples.
+
+    >>> schedule(50_000)
+    Schedule(warmup_steps=500, boundaries=(3000, 6000, 9000), total_steps=10000)
+    """
+    _check_size(dataset_size)
+    for limit, total, warmup, boundaries in SCHEDULES:
+        if dataset_size < limit:
+            return Schedule(warmup, boundaries, total)
+
+
+def mixup_alpha(dataset_size):
+    """Mixup's Beta(a, a) parameter: 0 (no mixup) below 20k examples, 0.1 otherwise."""
+    _check_size(dataset_size)
+    return 0.0 if dataset_size < MIXUP_THRESHOLD else MIXUP_ALPHA
+
+
+def _check_size(dataset_size):
+    if not isinstance(dataset_size, int) or dataset_size < 1:
+        raise ValueError(f"dataset_size must be a positive number of training examples, got {dataset_size!r}.")
+
+
+@keras.saving.register_keras_serializable(package="bit_keras")
+class HyperRuleLearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `peak_lr`, then x0.1 after each boundary.
+
+    At step s: `peak_lr * s / warmup_steps` while s < warmup_steps, else
+    `peak_lr * 0.1 ** (number of boundaries b with b < s)`, as the official
+    code computes it. Past `total_steps` the last value holds.
+
+    >>> lr = HyperRuleLearningRate(0.003, 100, (200, 300, 400), 500)
+    >>> [round(float(lr(s)), 7) for s in (0, 50, 100, 200, 201, 450)]
+    [0.0, 0.0015, 0.003, 0.003, 0.0003, 3e-06]
+    """
+
+    def __init__(self, peak_lr, warmup_steps, boundaries, total_steps):
+        self.peak_lr = float(peak_lr)
+        self.warmup_steps = int(warmup_steps)
+        self.boundaries = tuple(int(b) for b in boundaries)
+        self.total_steps = int(total_steps)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        decays = sum(ops.cast(step > boundary, "float32") for boundary in self.boundaries)
+        decayed = self.peak_lr * ops.power(0.1, decays)
+        if not self.warmup_steps:
+            return decayed
+        warmup = self.peak_lr * step / self.warmup_steps
+        return ops.where(step < self.warmup_steps, warmup, decayed)
+
+    def get_config(self):
+        return {
+            "peak_lr": self.peak_lr,
+            "warmup_steps": self.warmup_steps,
+            "boundaries": list(self.boundaries),
+            "total_steps": self.total_steps,
+        }
+
+
+def learning_rate(dataset_size, batch_size=REFERENCE_BATCH_SIZE, base_lr=BASE_LR):
+    """The HyperRule learning-rate schedule; the LR scales linearly with batch size.
+
+    >>> round(float(learning_rate(50_000, batch_size=128)(500)), 8)
+    0.00075
+    """
+    steps = schedule(dataset_size)
+    return HyperRuleLearningRate(base_lr * batch_size / REFERENCE_BATCH_SIZE, steps.warmup_steps, steps.boundaries, steps.total_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperRule:
+    """All HyperRule decisions for one downstream task.
+
+    >>> rule = HyperRule(dataset_size=50_000, image_size=(32, 32))
+    >>> rule.resize, rule.crop, rule.total_steps, rule.mixup_alpha
+    (160, 128, 10000, 0.1)
+    """
+
+    dataset_size: int
+    image_size: tuple
+    batch_size: int = REFERENCE_BATCH_SIZE
+    base_lr: float = BASE_LR
+    rule: str = "paper"
+
+    @property
+    def resolution(self):
+        return resolution(self.image_size, self.rule)
+
+    @property
+    def resize(self):
+        return self.resolution[0]
+
+    @property
+    def crop(self):
+        return self.resolution[1]
+
+    @property
+    def schedule(self):
+        return schedule(self.dataset_size)
+
+    @property
+    def total_steps(self):
+        return self.schedule.total_steps
+
+    @property
+    def warmup_steps(self):
+        return self.schedule.warmup_steps
+
+    @property
+    def boundaries(self):
+        return self.schedule.boundaries
+
+    @property
+    def mixup_alpha(self):
+        return mixup_alpha(self.dataset_size)
+
+    @property
+    def peak_lr(self):
+        return self.base_lr * self.batch_size / REFERENCE_BATCH_SIZE
+
+    @property
+    def learning_rate(self):
+        return learning_rate(self.dataset_size, self.batch_size, self.base_lr)
+
+    def __str__(self):
+        rows = [
+            ("dataset", f"{self.dataset_size:,} examples of {self.image_size[0]}x{self.image_size[1]} px"),
+            ("resolution", f"resize {self.resize}, random crop {self.crop} ({self.rule} rule)"),
+            ("steps", f"{self.total_steps:,} at batch {self.batch_size}"),
+            ("warm-up", f"{self.warmup_steps:,} steps, linear from 0"),
+            ("learning rate", f"{self.peak_lr:g}, x0.1 after steps {', '.join(f'{b:,}' for b in self.boundaries)}"),
+            ("mixup", f"alpha {self.mixup_alpha:g}" if self.mixup_alpha else "off"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        return "BiT-HyperRule\n" + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
