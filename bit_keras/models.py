@@ -3,7 +3,6 @@
 import os
 
 import keras
-import numpy as np
 
 from bit_keras import checkpoints
 from bit_keras.resnet import build_resnet, get_variant
@@ -46,7 +45,7 @@ def BiT(
     (2, 10)
     """
     spec = get_variant(variant)
-    state, source = _read_weights(weights)
+    state, source = _read_weights(weights, spec)
     checkpoint_classes = state[checkpoints.HEAD_BIAS].shape[0] if state and checkpoints.HEAD_BIAS in state else None
     classes = None
     if include_top:
@@ -60,7 +59,7 @@ def BiT(
     return model
 
 
-def _read_weights(weights):
+def _read_weights(weights, spec):
     """Official-layout state and a description of where it came from."""
     if weights is None:
         return None, None
@@ -71,7 +70,7 @@ def _read_weights(weights):
         if path.endswith(".keras"):
             return checkpoints.model_state(keras.saving.load_model(path, compile=False)), path
         if path.endswith(".weights.h5"):
-            return _read_keras_weights(path), path
+            return _read_keras_weights(path, spec), path
         return checkpoints.read_checkpoint(path), path
     if checkpoints.find_release(path) is not None:
         local = checkpoints.download(path)
@@ -82,21 +81,23 @@ def _read_weights(weights):
     )
 
 
-def _read_keras_weights(path):
-    """Reads a Keras 3 `.weights.h5` file of a bit_keras model by layer name."""
+def _read_keras_weights(path, spec):
+    """Reads a Keras 3 `.weights.h5` file saved from a bit_keras model of `spec`.
+
+    Such files name weights by layer class and order, not layer name, so they
+    load into a model of the same architecture, whose head size is read off
+    the file's only Dense layer.
+    """
     import h5py
 
-    state = {}
     with h5py.File(path, "r") as f:
         if "layers" not in f:
             raise ValueError(f"{path} is not a Keras 3 .weights.h5 file (no 'layers' group).")
-        for layer_name, group in f["layers"].items():
-            keys = checkpoints.layer_keys(layer_name)
-            if keys is None or "vars" not in group:
-                continue
-            for index, key in enumerate(keys):
-                value = np.asarray(group["vars"][str(index)])
-                state[key] = value[None, None] if key == checkpoints.HEAD_KERNEL else value
-    if checkpoints.ROOT_KERNEL not in state:
-        raise ValueError(f"{path} holds no bit_keras model weights (no layer named 'root_conv').")
-    return state
+        head = f["layers"].get("dense")
+        classes = head["vars"]["1"].shape[0] if head is not None else None
+    template = build_resnet(spec, classes, include_top=classes is not None)
+    try:
+        template.load_weights(path)
+    except ValueError as error:
+        raise ValueError(f"{path} does not fit {spec.name}: {error}. Pass the variant it was saved from.") from None
+    return checkpoints.model_state(template)
