@@ -82,21 +82,24 @@ class HyperRuleLearningRate(keras.optimizers.schedules.LearningRateSchedule):
 
     At step s: `peak_lr * s / warmup_steps` while s < warmup_steps, else
     `peak_lr * 0.1 ** (number of boundaries b with b < s)`, as the official
-    code computes it. Past `total_steps` the last value holds.
+    code computes it. Past `total_steps` the last value holds. With gradient
+    accumulation over n micro-batches (`steps_per_update=n`) the optimizer
+    counts micro-steps, so the step is `optimizer step // n`.
 
     >>> lr = HyperRuleLearningRate(0.003, 100, (200, 300, 400), 500)
     >>> [round(float(lr(s)), 7) for s in (0, 50, 100, 200, 201, 450)]
     [0.0, 0.0015, 0.003, 0.003, 0.0003, 3e-06]
     """
 
-    def __init__(self, peak_lr, warmup_steps, boundaries, total_steps):
+    def __init__(self, peak_lr, warmup_steps, boundaries, total_steps, steps_per_update=1):
         self.peak_lr = float(peak_lr)
+        self.steps_per_update = int(steps_per_update)
         self.warmup_steps = int(warmup_steps)
         self.boundaries = tuple(int(b) for b in boundaries)
         self.total_steps = int(total_steps)
 
     def __call__(self, step):
-        step = ops.cast(step, "float32")
+        step = ops.cast(ops.floor_divide(step, self.steps_per_update), "float32")
         decays = sum(ops.cast(step > boundary, "float32") for boundary in self.boundaries)
         decayed = self.peak_lr * ops.power(0.1, decays)
         if not self.warmup_steps:
@@ -110,17 +113,35 @@ class HyperRuleLearningRate(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_steps": self.warmup_steps,
             "boundaries": list(self.boundaries),
             "total_steps": self.total_steps,
+            "steps_per_update": self.steps_per_update,
         }
 
 
-def learning_rate(dataset_size, batch_size=REFERENCE_BATCH_SIZE, base_lr=BASE_LR):
+def scaled(steps, total_steps):
+    """`steps` stretched or shrunk to `total_steps`, warm-up and decays in proportion.
+
+    For quick runs and demos only: the HyperRule itself fixes the length.
+
+    >>> scaled(schedule(1_000), 50)
+    Schedule(warmup_steps=10, boundaries=(20, 30, 40), total_steps=50)
+    """
+    ratio = total_steps / steps.total_steps
+    return Schedule(
+        round(steps.warmup_steps * ratio), tuple(round(b * ratio) for b in steps.boundaries), int(total_steps)
+    )
+
+
+def learning_rate(dataset_size, batch_size=REFERENCE_BATCH_SIZE, base_lr=BASE_LR, steps_per_update=1, total_steps=None):
     """The HyperRule learning-rate schedule; the LR scales linearly with batch size.
 
     >>> round(float(learning_rate(50_000, batch_size=128)(500)), 8)
     0.00075
     """
     steps = schedule(dataset_size)
-    return HyperRuleLearningRate(base_lr * batch_size / REFERENCE_BATCH_SIZE, steps.warmup_steps, steps.boundaries, steps.total_steps)
+    if total_steps is not None:
+        steps = scaled(steps, total_steps)
+    peak_lr = base_lr * batch_size / REFERENCE_BATCH_SIZE
+    return HyperRuleLearningRate(peak_lr, steps.warmup_steps, steps.boundaries, steps.total_steps, steps_per_update)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +151,9 @@ class HyperRule:
     >>> rule = HyperRule(dataset_size=50_000, image_size=(32, 32))
     >>> rule.resize, rule.crop, rule.total_steps, rule.mixup_alpha
     (160, 128, 10000, 0.1)
+
+    `steps` and `sizes` (resize, crop) override the rule for quick runs; the
+    table says so.
     """
 
     dataset_size: int
@@ -137,10 +161,12 @@ class HyperRule:
     batch_size: int = REFERENCE_BATCH_SIZE
     base_lr: float = BASE_LR
     rule: str = "paper"
+    steps: int = None
+    sizes: tuple = None
 
     @property
     def resolution(self):
-        return resolution(self.image_size, self.rule)
+        return tuple(self.sizes) if self.sizes else resolution(self.image_size, self.rule)
 
     @property
     def resize(self):
@@ -152,7 +178,8 @@ class HyperRule:
 
     @property
     def schedule(self):
-        return schedule(self.dataset_size)
+        steps = schedule(self.dataset_size)
+        return scaled(steps, self.steps) if self.steps else steps
 
     @property
     def total_steps(self):
@@ -174,15 +201,16 @@ class HyperRule:
     def peak_lr(self):
         return self.base_lr * self.batch_size / REFERENCE_BATCH_SIZE
 
-    @property
-    def learning_rate(self):
-        return learning_rate(self.dataset_size, self.batch_size, self.base_lr)
+    def learning_rate(self, steps_per_update=1):
+        """The LR schedule; `steps_per_update` is the gradient-accumulation count."""
+        return learning_rate(self.dataset_size, self.batch_size, self.base_lr, steps_per_update, self.steps)
 
     def __str__(self):
         rows = [
             ("dataset", f"{self.dataset_size:,} examples of {self.image_size[0]}x{self.image_size[1]} px"),
-            ("resolution", f"resize {self.resize}, random crop {self.crop} ({self.rule} rule)"),
-            ("steps", f"{self.total_steps:,} at batch {self.batch_size}"),
+            ("resolution", f"resize {self.resize}, random crop {self.crop} "
+             + ("(overridden)" if self.sizes else f"({self.rule} rule)")),
+            ("steps", f"{self.total_steps:,} at batch {self.batch_size}" + (" (overridden)" if self.steps else "")),
             ("warm-up", f"{self.warmup_steps:,} steps, linear from 0"),
             ("learning rate", f"{self.peak_lr:g}, x0.1 after steps {', '.join(f'{b:,}' for b in self.boundaries)}"),
             ("mixup", f"alpha {self.mixup_alpha:g}" if self.mixup_alpha else "off"),

@@ -84,7 +84,24 @@ def test_hyperrule_bundle_matches_the_functions_and_prints_a_table():
     rule = hyperrule.HyperRule(dataset_size=50_000, image_size=(32, 32))
     assert (rule.resize, rule.crop) == (160, 128)
     assert rule.total_steps == 10_000 and rule.warmup_steps == 500 and rule.mixup_alpha == 0.1
-    assert rule.learning_rate.get_config() == hyperrule.learning_rate(50_000).get_config()
+    assert rule.learning_rate().get_config() == hyperrule.learning_rate(50_000).get_config()
     text = str(rule)
     for fragment in ("160", "128", "10,000", "0.003", "alpha 0.1"):
         assert fragment in text
+
+
+def test_learning_rate_counts_updates_under_gradient_accumulation():
+    schedule = hyperrule.learning_rate(1_000, steps_per_update=4)
+    plain = hyperrule.learning_rate(1_000)
+    for update in (0, 1, 99, 100, 201, 450):
+        for micro_step in range(4):
+            assert float(schedule(4 * update + micro_step)) == pytest.approx(float(plain(update)))
+
+
+def test_overrides_scale_the_schedule_and_are_reported():
+    rule = hyperrule.HyperRule(dataset_size=1_000, image_size=(8, 8), steps=50, sizes=(40, 32))
+    assert rule.resolution == (40, 32)
+    assert (rule.warmup_steps, rule.boundaries, rule.total_steps) == (10, (20, 30, 40), 50)
+    lr = rule.learning_rate()
+    assert float(lr(5)) == pytest.approx(0.0015) and float(lr(21)) == pytest.approx(0.0003)
+    assert str(rule).count("overridden") == 2
