@@ -1,0 +1,547 @@
+"""tf.data input pipelines for BiT: labelled-image sources, few-shot subsets,
+the BiT-HyperRule training and evaluation pipelines, mixup, and the upstream
+(BiT-S/M pre-training) pipeline.
+
+Every pipeline yields `(images, labels)`: float32 images in [-1, 1] (the range
+BiT models expect) and one-hot float32 labels, ready for `model.fit` under the
+TensorFlow or the JAX Keras backend. This module is TensorFlow-specific by
+design; the models themselves are backend-agnostic.
+"""
+
+import dataclasses
+import pathlib
+import warnings
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+# What `tf.io.decode_image` reads; PIL calls many phone-camera JPEGs "MPO".
+_TF_DECODABLE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "GIF"})
+
+# Salts that keep the per-example and the per-batch random streams of one
+# pipeline independent although both derive from the same user seed.
+_EXAMPLE_STREAM = 0
+_BATCH_STREAM = 1
+
+
+@dataclasses.dataclass
+class Source:
+    """Raw labelled examples, before any preprocessing.
+
+    Attributes:
+        dataset: unbatched `tf.data.Dataset` of `(image, label)`: image a
+            uint8 `(height, width, 3)` tensor (sizes may differ between
+            examples), label an int64 scalar in `[0, num_classes)`. Its order
+            must be the same on every pass (`few_shot` relies on it).
+        num_examples: number of examples in `dataset`.
+        num_classes: number of classes; sets the one-hot depth.
+        class_names: name of each class id, when known.
+
+    Example:
+
+    >>> import numpy as np
+    >>> source = from_arrays(np.zeros((4, 8, 8, 3), "uint8"), [0, 1, 2, 1])
+    >>> source.num_examples, source.num_classes
+    (4, 3)
+    """
+
+    dataset: tf.data.Dataset
+    num_examples: int
+    num_classes: int
+    class_names: list | None = None
+
+
+def from_tfds(name, split="train", data_dir=None, image_key="image", label_key="label"):
+    """A `Source` from a tensorflow-datasets dataset (downloaded if needed).
+
+    Grayscale datasets (e.g. MNIST) are turned into RGB. Files are read in a
+    fixed order so that `few_shot` subsets are reproducible.
+
+    Args:
+        name: TFDS name, e.g. `"cifar10"`, `"oxford_iiit_pet"`.
+        split: TFDS split, slicing allowed (`"train[:90%]"`).
+        data_dir: where TFDS keeps its data; its default when None.
+        image_key: the feature holding the image.
+        label_key: the `ClassLabel` feature holding the label.
+
+    Example:
+
+    >>> import tensorflow_datasets as tfds
+    >>> with tfds.testing.mock_data(num_examples=5):
+    ...     source = from_tfds("cifar10", split="test")
+    >>> source.num_examples, source.num_classes
+    (5, 10)
+    """
+    # Imported here: it is slow to import and only TFDS sources need it.
+    import tensorflow_datasets as tfds
+
+    dataset, info = tfds.load(name, split=split, data_dir=data_dir, with_info=True, shuffle_files=False)
+    for role, key in (("image_key", image_key), ("label_key", label_key)):
+        if key not in info.features:
+            raise ValueError(
+                f"TFDS dataset {name!r} has no feature {key!r}; its features are "
+                f"{sorted(info.features.keys())}. Pass {role}= one of them."
+            )
+    label_feature = info.features[label_key]
+    if getattr(label_feature, "num_classes", None) is None:
+        raise ValueError(
+            f"Feature {label_key!r} of TFDS dataset {name!r} is not a ClassLabel, so the number "
+            f"of classes is unknown. Pass label_key= a ClassLabel feature."
+        )
+    dataset = dataset.map(
+        lambda example: (_to_rgb(example[image_key]), tf.cast(example[label_key], tf.int64)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    try:
+        num_examples = info.splits[split].num_examples
+    except KeyError:
+        # Split sizes are missing under `tfds.testing.mock_data` and for
+        # datasets whose metadata was never computed.
+        num_examples = _count(dataset)
+    return Source(dataset, num_examples, label_feature.num_classes, list(label_feature.names))
+
+
+def from_arrays(images, labels, num_classes=None):
+    """A `Source` from in-memory arrays.
+
+    Args:
+        images: `(N, H, W, 3)` RGB or `(N, H, W)` / `(N, H, W, 1)` grayscale
+            array, uint8 or any integer or float type with values in
+            [0, 255] (floats are rounded).
+        labels: `N` integer class ids.
+        num_classes: the number of classes; the largest label + 1 when None.
+
+    Example:
+
+    >>> import numpy as np
+    >>> gray = np.full((6, 10, 10), 200.0)
+    >>> source = from_arrays(gray, [0, 1, 0, 1, 0, 1])
+    >>> image, label = next(iter(source.dataset))
+    >>> image.shape, image.dtype.name, int(image[0, 0, 2])
+    (TensorShape([10, 10, 3]), 'uint8', 200)
+    """
+    images = _as_uint8_rgb(np.asarray(images))
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(
+            f"labels must be one class id per image: got labels of shape {labels.shape} for "
+            f"{len(images)} images. Pass a 1-D array of {len(images)} integers."
+        )
+    if len(labels) == 0:
+        raise ValueError("from_arrays got no examples; pass at least one image and label.")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}. Cast them with .astype(int).")
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(
+            f"labels must lie in [0, num_classes={num_classes}); they span [{labels.min()}, {labels.max()}]. "
+            f"Fix the labels or pass a larger num_classes."
+        )
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int64)))
+    return Source(dataset, len(labels), num_classes)
+
+
+def from_folder(path, extensions=(".jpg", ".jpeg", ".png", ".bmp", ".gif")):
+    """A `Source` from a folder with one sub-folder of images per class.
+
+    Class ids follow the sorted sub-folder names. Every file is checked once,
+    up front, with the decoder the pipeline uses: files that are not images
+    TensorFlow can read (corrupt, truncated, other formats, other extensions)
+    are skipped and reported in one warning, so training never stops on a bad
+    file. Grayscale, palette and RGBA images become RGB (alpha is dropped).
+
+    Args:
+        path: the root folder, e.g. `flowers/` holding `daisy/`, `rose/`, ...
+        extensions: file endings (any case) to read; others are skipped.
+
+    Example:
+
+    >>> import pathlib, tempfile
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ("cat", "dog"):
+    ...     (root / name).mkdir()
+    ...     Image.fromarray(np.zeros((8, 8, 3), "uint8")).save(root / name / "a.png")
+    >>> source = from_folder(root)
+    >>> source.num_examples, source.class_names
+    (2, ['cat', 'dog'])
+    """
+    root = pathlib.Path(path)
+    if not root.is_dir():
+        raise ValueError(f"{path} is not a folder. Pass a folder holding one sub-folder of images per class.")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise ValueError(f"{path} has no sub-folders. Put the images of each class in a sub-folder named after it.")
+    extensions = tuple(extension.lower() for extension in extensions)
+    paths, labels, skipped = [], [], []
+    for class_id, class_dir in enumerate(class_dirs):
+        for file in sorted(class_dir.rglob("*")):
+            if not file.is_file() or file.name.startswith("."):
+                continue
+            if file.suffix.lower() in extensions and _is_decodable_image(file):
+                paths.append(str(file))
+                labels.append(class_id)
+            else:
+                skipped.append(file)
+    if skipped:
+        warnings.warn(
+            f"from_folder skipped {len(skipped)} file(s) under {path} that are not readable "
+            f"{'/'.join(extensions)} images, e.g. {skipped[0]}.",
+            stacklevel=2,
+        )
+    if not paths:
+        raise ValueError(f"{path} holds no readable images with endings {extensions}.")
+    # A fixed permutation: class-sorted order would defeat a shuffle buffer
+    # smaller than the dataset, and a fixed one keeps passes identical.
+    order = np.random.default_rng(0).permutation(len(paths))
+    dataset = tf.data.Dataset.from_tensor_slices((np.array(paths)[order], np.array(labels, np.int64)[order]))
+    dataset = dataset.map(lambda file, label: (_decode_image(file), label), num_parallel_calls=tf.data.AUTOTUNE)
+    return Source(dataset, len(paths), len(class_dirs), [d.name for d in class_dirs])
+
+
+def few_shot(source, examples_per_class, seed=0):
+    """A `Source` with `examples_per_class` examples of each class, drawn with `seed`.
+
+    A class with fewer examples contributes all of them, with a warning. The
+    subset keeps the source's order and is cached in memory after its first
+    pass, so later epochs do not re-read the whole source.
+
+    Args:
+        source: the full `Source`; its order must not change between passes.
+        examples_per_class: k, the examples to keep per class.
+        seed: the same seed draws the same subset.
+
+    Example:
+
+    >>> import numpy as np
+    >>> source = from_arrays(np.zeros((30, 8, 8, 3), "uint8"), np.arange(30) % 3)
+    >>> few_shot(source, 5, seed=1).num_examples
+    15
+    """
+    if not isinstance(examples_per_class, (int, np.integer)) or examples_per_class < 1:
+        raise ValueError(f"examples_per_class must be a positive integer, got {examples_per_class!r}.")
+    labels = np.fromiter(source.dataset.map(lambda image, label: label).as_numpy_iterator(), np.int64)
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(len(labels), bool)
+    short = {}
+    for class_id in range(source.num_classes):
+        members = np.flatnonzero(labels == class_id)
+        if len(members) < examples_per_class:
+            short[_class_name(source, class_id)] = len(members)
+        keep[rng.choice(members, min(examples_per_class, len(members)), replace=False)] = True
+    if short:
+        warnings.warn(
+            f"few_shot: {len(short)} class(es) have fewer than {examples_per_class} examples "
+            f"and were taken whole: {short}.",
+            stacklevel=2,
+        )
+    keep_by_index = tf.constant(keep)
+    dataset = (
+        source.dataset.enumerate()
+        .filter(lambda index, example: keep_by_index[index])
+        .map(lambda index, example: example)
+        .cache()
+    )
+    return Source(dataset, int(keep.sum()), source.num_classes, source.class_names)
+
+
+def train_pipeline(
+    source, *, resize, crop, batch_size, mixup_alpha=0.0, shuffle_buffer=10_000, seed=None, repeat=True
+):
+    """The BiT-HyperRule fine-tuning input pipeline.
+
+    Each image is resized to `(resize, resize)`, randomly cropped to
+    `(crop, crop)`, flipped left-right with probability 1/2 (each image on its
+    own), and scaled to [-1, 1]. Batches have exactly `batch_size` examples
+    and one-hot labels, mixed with `mixup` when `mixup_alpha > 0`. Examples
+    are shuffled before augmentation, so the buffer holds raw uint8 images
+    rather than float32 crops. A `seed` makes the whole stream reproducible.
+
+    Args:
+        source: a `Source`.
+        resize: side of the square resize (HyperRule: 160 or 448).
+        crop: side of the random square crop (HyperRule: 128 or 384).
+        batch_size: examples per batch; a last partial batch is dropped.
+        mixup_alpha: Beta(alpha, alpha) mixup; 0 turns it off.
+        shuffle_buffer: examples in the shuffle buffer.
+        seed: integer seed for shuffling and augmentation; None for fresh
+            randomness on every run.
+        repeat: repeat forever (for step-based schedules) or stop after one
+            pass (one epoch per `fit` epoch).
+
+    Example:
+
+    >>> import numpy as np
+    >>> source = from_arrays(np.zeros((8, 20, 24, 3), "uint8"), np.arange(8) % 2)
+    >>> images, labels = next(iter(train_pipeline(source, resize=16, crop=12, batch_size=4)))
+    >>> images.shape, labels.shape
+    (TensorShape([4, 12, 12, 3]), TensorShape([4, 2]))
+    """
+    _check_positive(resize=resize, crop=crop, batch_size=batch_size)
+    if crop > resize:
+        raise ValueError(f"crop ({crop}) must not exceed resize ({resize}): the crop is taken from the resized image.")
+    if mixup_alpha < 0:
+        raise ValueError(f"mixup_alpha must be >= 0 (0 turns mixup off), got {mixup_alpha}.")
+    _check_one_batch(source, batch_size, repeat)
+    dataset = _shuffled(source, shuffle_buffer, seed, repeat)
+    dataset = tf.data.Dataset.zip(dataset, _seed_stream(seed, _EXAMPLE_STREAM)).map(
+        lambda example, example_seed: _resize_crop_flip(*example, example_seed, resize, crop),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    dataset = dataset.batch(batch_size, drop_remainder=True).map(_one_hot(source.num_classes))
+    if mixup_alpha > 0:
+        dataset = tf.data.Dataset.zip(dataset, _seed_stream(seed, _BATCH_STREAM)).map(
+            lambda batch, batch_seed: mixup(*batch, mixup_alpha, seed=batch_seed)
+        )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_pipeline(source, *, crop, batch_size):
+    """The BiT evaluation pipeline: resize straight to `(crop, crop)`, scale to [-1, 1].
+
+    Deterministic; the last batch keeps the remainder so every example counts.
+
+    Example:
+
+    >>> import numpy as np
+    >>> source = from_arrays(np.zeros((5, 20, 24, 3), "uint8"), [0, 1, 2, 0, 1])
+    >>> [tuple(images.shape) for images, _ in eval_pipeline(source, crop=12, batch_size=4)]
+    [(4, 12, 12, 3), (1, 12, 12, 3)]
+    """
+    _check_positive(crop=crop, batch_size=batch_size)
+    dataset = source.dataset.map(
+        lambda image, label: (_scale(tf.image.resize(image, (crop, crop))), label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return dataset.batch(batch_size).map(_one_hot(source.num_classes)).prefetch(tf.data.AUTOTUNE)
+
+
+def mixup(images, labels, alpha, seed=None):
+    """Mix a batch with itself reversed: one lambda ~ Beta(alpha, alpha) per batch.
+
+    `lam * x + (1 - lam) * reverse(x)` for the images and the one-hot labels
+    alike. Works eagerly and inside `tf.data`.
+
+    Args:
+        images: batch of images, float.
+        labels: batch of one-hot (float) labels.
+        alpha: Beta concentration; 0 returns the batch unchanged.
+        seed: None for a fresh lambda on every call; an int or a shape-(2,)
+            integer tensor for a stateless draw (the same seed gives the same
+            lambda, so a pipeline passes a new seed for every batch).
+
+    Example:
+
+    >>> import numpy as np
+    >>> images = np.stack([np.zeros((2, 2, 3)), np.ones((2, 2, 3))]).astype("float32")
+    >>> labels = np.eye(2, dtype="float32")
+    >>> mixed_images, mixed_labels = mixup(images, labels, alpha=0.2, seed=3)
+    >>> bool(np.allclose(mixed_images[0], mixed_labels[0, 1]))
+    True
+    """
+    if alpha < 0:
+        raise ValueError(f"mixup alpha must be >= 0 (0 turns mixup off), got {alpha}.")
+    images = tf.convert_to_tensor(images)
+    labels = tf.convert_to_tensor(labels)
+    if alpha == 0:
+        return images, labels
+    if not labels.dtype.is_floating:
+        raise ValueError(
+            f"mixup needs one-hot float labels, got {labels.dtype.name} labels. "
+            f"Convert them with tf.one_hot(labels, num_classes)."
+        )
+    lam = _sample_beta(alpha, seed)
+    return _mix(images, lam), _mix(labels, lam)
+
+
+def upstream_pipeline(source, *, image_size=224, batch_size, seed=None, repeat=True, shuffle_buffer=10_000):
+    """The BiT-S/M pre-training pipeline: Inception-style crop, flip, [-1, 1].
+
+    A random crop of 8%-100% of the image area with aspect ratio in [3/4, 4/3]
+    is resized to `(image_size, image_size)` (keras-cv `RandomCropAndResize`),
+    flipped left-right with probability 1/2, and scaled to [-1, 1]. Batches
+    have exactly `batch_size` examples and one-hot labels.
+
+    Args:
+        source: a `Source` (ILSVRC-2012 or ImageNet-21k upstream).
+        image_size: side of the output images.
+        batch_size: examples per batch; a last partial batch is dropped.
+        seed: integer seed for shuffling and augmentation, or None. Shuffling
+            and flips are reproducible; the crops are not exactly, since the
+            keras-cv layer keeps one random state that parallel map calls share.
+        repeat: repeat forever or stop after one pass.
+        shuffle_buffer: examples in the shuffle buffer.
+
+    Example:
+
+    >>> import numpy as np
+    >>> source = from_arrays(np.zeros((4, 40, 30, 3), "uint8"), [0, 1, 2, 3])
+    >>> images, labels = next(iter(upstream_pipeline(source, image_size=16, batch_size=2)))
+    >>> images.shape, labels.shape
+    (TensorShape([2, 16, 16, 3]), TensorShape([2, 4]))
+    """
+    # Imported here: keras-cv is slow to import and only this recipe uses it.
+    import keras_cv
+
+    _check_positive(image_size=image_size, batch_size=batch_size)
+    _check_one_batch(source, batch_size, repeat)
+    # Built once, outside the map function: a layer created inside it would be
+    # re-made, with a fresh random state, every time tf.data traces the function.
+    crop_and_resize = keras_cv.layers.RandomCropAndResize(
+        target_size=(image_size, image_size),
+        crop_area_factor=(0.08, 1.0),
+        aspect_ratio_factor=(3 / 4, 4 / 3),
+        seed=seed,
+    )
+
+    def augment(example, flip_seed):
+        image, label = example
+        image = crop_and_resize(tf.cast(image, tf.float32))
+        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+        return _scale(image), label
+
+    dataset = _shuffled(source, shuffle_buffer, seed, repeat)
+    dataset = tf.data.Dataset.zip(dataset, _seed_stream(seed, _EXAMPLE_STREAM)).map(
+        augment, num_parallel_calls=tf.data.AUTOTUNE
+    )
+    dataset = dataset.batch(batch_size, drop_remainder=True).map(_one_hot(source.num_classes))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _to_rgb(image):
+    """A `(H, W, 3)` image from a grayscale, RGB or RGBA one (alpha dropped)."""
+    channels = image.shape[-1]
+    if channels == 1:
+        return tf.image.grayscale_to_rgb(image)
+    if channels == 4:
+        return image[..., :3]
+    if channels == 3:
+        return image
+    raise ValueError(f"Images must have 1, 3 or 4 channels, got shape {image.shape}.")
+
+
+def _as_uint8_rgb(images):
+    """`(N, H, W, 3)` uint8 from RGB or grayscale arrays with values in [0, 255]."""
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"images must be (N, H, W, 3) RGB or (N, H, W) grayscale, got shape {images.shape}."
+        )
+    if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
+        raise ValueError(f"images must be integers or floats in [0, 255], got dtype {images.dtype}.")
+    if images.dtype != np.uint8 and images.size:
+        low, high = images.min(), images.max()
+        if not (0 <= low and high <= 255):
+            raise ValueError(
+                f"images must have values in [0, 255], got [{low}, {high}]. Rescale them, e.g. "
+                f"(x + 1) * 127.5 for images in [-1, 1]."
+            )
+        if np.issubdtype(images.dtype, np.floating) and 0 < high <= 1:
+            warnings.warn(
+                f"images are floats with maximum {high}: they look like [0, 1] images, but "
+                f"from_arrays expects [0, 255]. Multiply them by 255.",
+                stacklevel=3,
+            )
+        images = np.round(images).astype(np.uint8)
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
+def _is_decodable_image(path):
+    """Whether `path` is an image `tf.io.decode_image` reads, as the pipeline will."""
+    try:
+        # PIL reads only the header: a cheap, quiet rejection of non-images.
+        with Image.open(path) as image:
+            if image.format not in _TF_DECODABLE_FORMATS:
+                return False
+        # A full decode catches truncated files and variants TensorFlow cannot
+        # read although PIL can (e.g. 1-bit BMPs).
+        _decode_image(str(path))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, tf.errors.OpError):
+        return False
+    return True
+
+
+def _decode_image(path):
+    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+
+
+def _count(dataset):
+    cardinality = int(dataset.cardinality())
+    if cardinality >= 0:
+        return cardinality
+    return int(dataset.reduce(np.int64(0), lambda count, example: count + 1))
+
+
+def _class_name(source, class_id):
+    return source.class_names[class_id] if source.class_names else class_id
+
+
+def _check_positive(**sizes):
+    for name, value in sizes.items():
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def _check_one_batch(source, batch_size, repeat):
+    if not repeat and source.num_examples < batch_size:
+        raise ValueError(
+            f"The source has {source.num_examples} examples, fewer than one batch of {batch_size}; "
+            f"without repeat the pipeline, which drops partial batches, would be empty. "
+            f"Lower batch_size or pass repeat=True."
+        )
+
+
+def _shuffled(source, shuffle_buffer, seed, repeat):
+    dataset = source.dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return dataset.repeat() if repeat else dataset
+
+
+def _seed_stream(seed, stream):
+    """An endless dataset of shape-(2,) seeds for stateless random ops.
+
+    Reproducible for an integer `seed`, yet different on every pass over the
+    pipeline (each `fit` epoch without repeat gets new augmentations).
+    """
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    return seeds.map(lambda pair: tf.random.experimental.stateless_fold_in(pair, stream))
+
+
+def _resize_crop_flip(image, label, seed, resize, crop):
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = tf.image.resize(image, (resize, resize))
+    image = tf.image.stateless_random_crop(image, (crop, crop, 3), seed=crop_seed)
+    image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+    return _scale(image), label
+
+
+def _scale(image):
+    """[0, 255] -> [-1, 1] float32, the input range of BiT models."""
+    return (tf.cast(image, tf.float32) - 127.5) / 127.5
+
+
+def _one_hot(num_classes):
+    return lambda images, labels: (images, tf.one_hot(labels, num_classes, dtype=tf.float32))
+
+
+def _sample_beta(alpha, seed):
+    """lam ~ Beta(alpha, alpha) as X / (X + Y) with X, Y ~ Gamma(alpha)."""
+    # float64: with a small alpha, float32 gamma draws underflow to 0 often
+    # enough to matter; divide_no_nan covers both underflowing at once.
+    if seed is None:
+        gammas = tf.random.gamma((2,), alpha, dtype=tf.float64)
+    else:
+        gammas = tf.random.stateless_gamma((2,), seed=_stateless_seed(seed), alpha=alpha, dtype=tf.float64)
+    return tf.math.divide_no_nan(gammas[0], gammas[0] + gammas[1])
+
+
+def _stateless_seed(seed):
+    seed = tf.cast(seed, tf.int64)
+    return tf.stack([seed, tf.constant(0, tf.int64)]) if seed.shape.rank == 0 else seed
+
+
+def _mix(batch, lam):
+    lam = tf.cast(lam, batch.dtype)
+    return lam * batch + (1 - lam) * tf.reverse(batch, axis=[0])

@@ -1,0 +1,317 @@
+import dataclasses
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from scipy import stats
+
+from bit_keras import data
+
+
+def _unscale(images):
+    """[-1, 1] pipeline output back to [0, 255] pixel values."""
+    return np.asarray(images) * 127.5 + 127.5
+
+
+def _constant_images(values, size=(20, 24)):
+    """One image per value, every pixel and channel equal to it: content identifies the example."""
+    return np.stack([np.full(size + (3,), v, np.uint8) for v in values])
+
+
+def _mixed_size_source(num_examples=6, num_classes=3):
+    """A source whose images differ in size, as real photo datasets do."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (12 + 4 * i, 30 - 2 * i, 3), dtype=np.uint8) for i in range(num_examples)]
+    labels = [i % num_classes for i in range(num_examples)]
+    dataset = tf.data.Dataset.from_generator(
+        lambda: zip(images, labels),
+        output_signature=(tf.TensorSpec((None, None, 3), tf.uint8), tf.TensorSpec((), tf.int64)),
+    )
+    return data.Source(dataset, num_examples, num_classes)
+
+
+def _first_batches(dataset, count=2):
+    return [tuple(np.asarray(t) for t in batch) for batch in dataset.take(count)]
+
+
+# --- train / eval pipelines -------------------------------------------------
+
+
+def test_train_pipeline_shapes_dtypes_range_and_labels_follow_images():
+    labels = np.arange(12) % 3
+    source = data.from_arrays(_constant_images(labels * 120), labels)
+    images, one_hot = next(iter(data.train_pipeline(source, resize=16, crop=12, batch_size=8, seed=0)))
+    assert images.shape == (8, 12, 12, 3) and images.dtype == tf.float32
+    assert one_hot.shape == (8, 3) and one_hot.dtype == tf.float32
+    images, one_hot = images.numpy(), one_hot.numpy()
+    assert images.min() >= -1 and images.max() <= 1
+    assert images.min() < 0 < images.max()
+    np.testing.assert_array_equal(one_hot.sum(axis=1), 1)
+    # After shuffling, each image must still carry its own label.
+    np.testing.assert_allclose(_unscale(images[:, 0, 0, 0]), one_hot.argmax(axis=1) * 120, atol=1e-3)
+
+
+def test_train_pipeline_accepts_images_of_different_sizes():
+    dataset = data.train_pipeline(_mixed_size_source(), resize=16, crop=8, batch_size=3, seed=0)
+    for images, labels in dataset.take(3):
+        assert images.shape == (3, 8, 8, 3) and labels.shape == (3, 3)
+
+
+def test_flip_is_random_per_image():
+    # Left half black, right half white: a flipped image starts white.
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[:, 4:] = 255
+    source = data.from_arrays(np.stack([image] * 64), np.zeros(64, int))
+    images, _ = next(iter(data.train_pipeline(source, resize=8, crop=8, batch_size=64, seed=1)))
+    flipped = int(np.sum(images.numpy()[:, 0, 0, 0] > 0))
+    assert 0 < flipped < 64
+
+
+def test_crop_position_is_random():
+    # Channel 0 holds the row, channel 1 the column: a crop's top-left values
+    # give its offset whatever the left-right flip did.
+    rows, cols = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    image = np.stack([rows * 10, cols * 10, np.zeros_like(rows)], axis=-1).astype(np.uint8)
+    source = data.from_arrays(np.stack([image] * 32), np.zeros(32, int))
+    images, _ = next(iter(data.train_pipeline(source, resize=16, crop=8, batch_size=32, seed=2)))
+    pixels = np.round(_unscale(images.numpy()) / 10).astype(int)
+    offsets = {(crop[..., 0].min(), crop[..., 1].min()) for crop in pixels}
+    assert len(offsets) > 1
+    for crop in pixels:  # each crop is a contiguous 8x8 window of the image
+        assert np.ptp(crop[..., 0]) == 7 and np.ptp(crop[..., 1]) == 7
+
+
+def test_train_pipeline_is_reproducible_for_a_seed():
+    source = _mixed_size_source()
+    kwargs = dict(resize=16, crop=8, batch_size=3, mixup_alpha=0.5)
+    first = _first_batches(data.train_pipeline(source, seed=5, **kwargs))
+    again = _first_batches(data.train_pipeline(source, seed=5, **kwargs))
+    other = _first_batches(data.train_pipeline(source, seed=6, **kwargs))
+    for (x1, y1), (x2, y2) in zip(first, again):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    assert not all(np.array_equal(x1, x3) for (x1, _), (x3, _) in zip(first, other))
+
+
+def test_each_pass_gets_new_augmentations():
+    # Without shuffling, two passes over the same examples differ only through
+    # crop and flip, which must be redrawn for every epoch.
+    source = _mixed_size_source()
+    dataset = data.train_pipeline(source, resize=16, crop=8, batch_size=6, shuffle_buffer=1, seed=0, repeat=False)
+    (first, _), (second, _) = next(iter(dataset)), next(iter(dataset))
+    assert not np.array_equal(first.numpy(), second.numpy())
+
+
+def test_train_pipeline_with_mixup_mixes_labels():
+    labels = np.arange(16) % 4
+    source = data.from_arrays(_constant_images(labels * 60), labels)
+    dataset = data.train_pipeline(source, resize=8, crop=8, batch_size=8, mixup_alpha=1.0, seed=0)
+    _, mixed = next(iter(dataset))
+    mixed = mixed.numpy()
+    np.testing.assert_allclose(mixed.sum(axis=1), 1, rtol=1e-6)
+    assert not np.all(np.isin(mixed, (0.0, 1.0)))
+
+
+def test_train_pipeline_feeds_model_fit():
+    labels = np.arange(8) % 2
+    source = data.from_arrays(_constant_images(labels * 200, size=(12, 12)), labels)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    model.compile("sgd", keras.losses.CategoricalCrossentropy(from_logits=True))
+    history = model.fit(
+        data.train_pipeline(source, resize=10, crop=8, batch_size=4, mixup_alpha=0.1, seed=0),
+        steps_per_epoch=2,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+    )
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_train_pipeline_rejects_bad_sizes():
+    source = data.from_arrays(_constant_images([0, 1]), [0, 1])
+    with pytest.raises(ValueError, match="must not exceed resize"):
+        data.train_pipeline(source, resize=8, crop=12, batch_size=2)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        data.train_pipeline(source, resize=8, crop=8, batch_size=4, repeat=False)
+
+
+def test_eval_pipeline_is_deterministic_resizes_to_crop_and_keeps_remainder():
+    source = _mixed_size_source(num_examples=5)
+    dataset = data.eval_pipeline(source, crop=10, batch_size=4)
+    first, second = list(dataset), list(dataset)
+    assert [tuple(x.shape) for x, _ in first] == [(4, 10, 10, 3), (1, 10, 10, 3)]
+    for (x1, y1), (x2, y2) in zip(first, second):
+        np.testing.assert_array_equal(x1.numpy(), x2.numpy())
+        np.testing.assert_array_equal(y1.numpy(), y2.numpy())
+    images = np.concatenate([x.numpy() for x, _ in first])
+    expected = [tf.image.resize(image, (10, 10)).numpy() for image, _ in source.dataset]
+    np.testing.assert_allclose(_unscale(images), expected, atol=1e-3)
+    labels = np.concatenate([y.numpy() for _, y in first]).argmax(axis=1)
+    np.testing.assert_array_equal(labels, [label for _, label in source.dataset.as_numpy_iterator()])
+
+
+# --- mixup ------------------------------------------------------------------
+
+
+def test_mixup_arithmetic():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (6, 4, 4, 3)).astype(np.float32)
+    labels = np.eye(6, dtype=np.float32)
+    mixed_images, mixed_labels = (t.numpy() for t in data.mixup(images, labels, alpha=0.4, seed=7))
+    np.testing.assert_allclose(mixed_labels.sum(axis=1), 1, rtol=1e-6)
+    lam = mixed_labels[0, 0]  # row 0 is lam * class 0 + (1 - lam) * class 5
+    assert 0 < lam < 1
+    np.testing.assert_allclose(mixed_labels, lam * labels + (1 - lam) * labels[::-1], atol=1e-6)
+    np.testing.assert_allclose(mixed_images, lam * images + (1 - lam) * images[::-1], atol=1e-6)
+
+
+def test_mixup_alpha_zero_leaves_batch_unchanged():
+    images = np.random.default_rng(1).uniform(-1, 1, (4, 3, 3, 3)).astype(np.float32)
+    labels = np.eye(4, dtype=np.float32)
+    mixed_images, mixed_labels = data.mixup(images, labels, alpha=0.0)
+    np.testing.assert_array_equal(mixed_images.numpy(), images)
+    np.testing.assert_array_equal(mixed_labels.numpy(), labels)
+
+
+@pytest.mark.parametrize("alpha", [0.1, 2.0])
+def test_mixup_lambda_follows_beta(alpha):
+    # float64 labels carry lam exactly: Beta(0.1, 0.1) puts ~10% of its mass
+    # within float32 rounding of 1.
+    labels = np.eye(2, dtype=np.float64)
+    images = np.zeros((2, 1, 1, 1), np.float32)
+    draw = tf.function(lambda seed: data.mixup(images, labels, alpha, seed=seed)[1][0, 0])
+    lams = [float(draw(tf.constant([seed, 3], tf.int64))) for seed in range(400)]
+    assert stats.kstest(lams, stats.beta(alpha, alpha).cdf).pvalue > 1e-3
+
+
+def test_mixup_seed_reproducible_and_rejects_integer_labels():
+    images = np.zeros((2, 1, 1, 1), np.float32)
+    labels = np.eye(2, dtype=np.float32)
+    lam = [float(data.mixup(images, labels, 1.0, seed=s)[1][0, 0]) for s in (3, 3, 4)]
+    assert lam[0] == lam[1] != lam[2]
+    with pytest.raises(ValueError, match="one-hot"):
+        data.mixup(images, np.array([0, 1]), 1.0)
+
+
+# --- few-shot ---------------------------------------------------------------
+
+
+def _identified_source(class_counts):
+    """Each image's pixel value is its index, so a subset can be named."""
+    labels = np.repeat(np.arange(len(class_counts)), class_counts)
+    return data.from_arrays(_constant_images(np.arange(len(labels)), size=(4, 4)), labels)
+
+
+def _members(source):
+    return sorted((int(image[0, 0, 0]), int(label)) for image, label in source.dataset.as_numpy_iterator())
+
+
+def test_few_shot_takes_exactly_k_per_class_and_depends_on_seed():
+    source = _identified_source([10, 12, 9])
+    subset = data.few_shot(source, 4, seed=0)
+    members = _members(subset)
+    assert subset.num_examples == len(members) == 12
+    assert np.bincount([label for _, label in members]).tolist() == [4, 4, 4]
+    assert members == _members(data.few_shot(source, 4, seed=0))
+    assert members != _members(data.few_shot(source, 4, seed=1))
+    assert members == _members(subset)  # a second pass reads the same subset
+
+
+def test_few_shot_warns_about_short_classes_and_takes_them_whole():
+    source = dataclasses.replace(_identified_source([6, 2, 6]), class_names=["ant", "bee", "cat"])
+    with pytest.warns(UserWarning, match=r"fewer than 4 examples.*'bee': 2"):
+        subset = data.few_shot(source, 4)
+    assert np.bincount([label for _, label in _members(subset)]).tolist() == [4, 2, 4]
+    assert subset.num_examples == 10 and subset.class_names == ["ant", "bee", "cat"]
+
+
+# --- sources ----------------------------------------------------------------
+
+
+def test_from_arrays_grayscale_and_float():
+    gray = np.random.default_rng(2).integers(0, 256, (3, 5, 6)).astype(np.float64)
+    source = data.from_arrays(gray, [0, 2, 1])
+    assert source.num_examples == 3 and source.num_classes == 3
+    images = np.stack([image for image, _ in source.dataset.as_numpy_iterator()])
+    assert images.shape == (3, 5, 6, 3) and images.dtype == np.uint8
+    for channel in range(3):
+        np.testing.assert_array_equal(images[..., channel], gray)
+
+
+def test_from_arrays_errors_say_what_to_fix():
+    images = np.zeros((2, 4, 4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"\[0, 255\]"):
+        data.from_arrays(images - 1, [0, 1])
+    with pytest.raises(ValueError, match="one class id per image"):
+        data.from_arrays(images, [0, 1, 2])
+    with pytest.raises(ValueError, match="larger num_classes"):
+        data.from_arrays(images, [0, 3], num_classes=2)
+    with pytest.warns(UserWarning, match="Multiply them by 255"):
+        data.from_arrays(images + 0.5, [0, 1])
+
+
+def test_from_folder_skips_bad_files_and_converts_to_rgb(tmp_path):
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    gray = rng.integers(0, 256, (10, 12), dtype=np.uint8)
+    rgba = rng.integers(0, 256, (10, 12, 4), dtype=np.uint8)
+    for name in ("zebra", "ant"):
+        (tmp_path / name).mkdir()
+    Image.fromarray(rgb).save(tmp_path / "ant" / "rgb.png")
+    Image.fromarray(gray).save(tmp_path / "ant" / "gray.PNG")
+    Image.fromarray(rgba).save(tmp_path / "zebra" / "rgba.png")
+    Image.fromarray(rgb).save(tmp_path / "zebra" / "photo.jpg")
+    (tmp_path / "zebra" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + rng.bytes(200))
+    (tmp_path / "zebra" / "truncated.jpg").write_bytes((tmp_path / "zebra" / "photo.jpg").read_bytes()[:300])
+    (tmp_path / "ant" / "notes.txt").write_text("not an image")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = data.from_folder(tmp_path)
+    messages = [str(w.message) for w in caught if "from_folder" in str(w.message)]
+    assert len(messages) == 1
+    assert "skipped 3 file(s)" in messages[0] and str(tmp_path) in messages[0]
+
+    assert source.class_names == ["ant", "zebra"] and source.num_classes == 2
+    assert source.num_examples == 4
+    examples = list(source.dataset.as_numpy_iterator())
+    assert len(examples) == 4 and all(image.shape == (10, 12, 3) and image.dtype == np.uint8 for image, _ in examples)
+    assert sorted(int(label) for _, label in examples) == [0, 0, 1, 1]
+    labels_of = lambda expected: [int(label) for image, label in examples if np.array_equal(image, expected)]
+    assert labels_of(np.repeat(gray[..., None], 3, axis=-1)) == [0]  # ant/gray.PNG
+    assert labels_of(rgba[..., :3]) == [1]  # zebra/rgba.png
+
+
+def test_from_folder_without_class_folders_raises(tmp_path):
+    with pytest.raises(ValueError, match="one sub-folder of images per class|no sub-folders"):
+        data.from_folder(tmp_path)
+
+
+def test_from_tfds_under_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=9):
+        source = data.from_tfds("cifar10", split="train")
+        gray = data.from_tfds("mnist", split="test")
+        with pytest.raises(ValueError, match="Pass image_key="):
+            data.from_tfds("cifar10", image_key="picture")
+    assert source.num_examples == 9 and source.num_classes == 10 and len(source.class_names) == 10
+    image, label = next(iter(source.dataset))
+    assert image.shape == (32, 32, 3) and image.dtype == tf.uint8 and label.dtype == tf.int64
+    assert gray.num_examples == 9 and next(iter(gray.dataset))[0].shape == (28, 28, 3)
+    images, labels = next(iter(data.eval_pipeline(source, crop=16, batch_size=9)))
+    assert images.shape == (9, 16, 16, 3) and labels.shape == (9, 10)
+
+
+# --- upstream ---------------------------------------------------------------
+
+
+def test_upstream_pipeline_shape_and_range():
+    dataset = data.upstream_pipeline(_mixed_size_source(), image_size=32, batch_size=4, seed=0)
+    images, labels = next(iter(dataset))
+    assert images.shape == (4, 32, 32, 3) and images.dtype == tf.float32
+    assert labels.shape == (4, 3) and labels.dtype == tf.float32
+    images = images.numpy()
+    assert images.min() >= -1 and images.max() <= 1 and images.min() < 0 < images.max()
