@@ -2,7 +2,10 @@
 
 __version__ = "0.1.0"
 
+from bit_keras import data, hyperrule
 from bit_keras.checkpoints import save_official
+from bit_keras.finetune import BiTFineTuner
+from bit_keras.hyperrule import HyperRule
 from bit_keras.layers import GroupNormalization, StandardizedConv2D
 from bit_keras.models import BiT
 from bit_keras.resnet import Variant, get_variant, variants

@@ -370,5 +370,66 @@ def _check_complete(path):
 
 
 def read_saved_model(path):
-    """Reads the weights of a BiT SavedModel folder (exported here, or from TF Hub)."""
-    raise ValueError(f"{path} is a folder; reading weights from a SavedModel is not supported yet.")
+    """Reads the weights of a BiT SavedModel folder (exported here, or from TF Hub).
+
+    Variables are matched to the official keys by name, on the suffix as
+    `canonical_key` does: the variable names recorded in the checkpoint of a
+    TF2 SavedModel (`hub_export` names them by the official keys, and the
+    published TF-Hub BiT modules follow the official layout), or the keys of
+    a name-based checkpoint. The graph itself is never loaded or run.
+
+    Example:
+
+    >>> import os, tempfile, numpy as np, tensorflow as tf
+    >>> module = tf.Module()
+    >>> module.root = tf.Variable(np.ones((7, 7, 3, 64), "float32"), name=ROOT_KERNEL)
+    >>> path = os.path.join(tempfile.mkdtemp(), "module")
+    >>> tf.saved_model.save(module, path)
+    >>> read_saved_model(path)[ROOT_KERNEL].shape
+    (7, 7, 3, 64)
+    """
+    import tensorflow as tf
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    path = os.fspath(path)
+    prefix = os.path.join(path, "variables", "variables")
+    if not os.path.isfile(prefix + ".index"):
+        raise ValueError(
+            f"{path} is a folder but not a SavedModel with weights (no variables/variables.index). "
+            f"Pass a SavedModel folder, or a .npz/.h5/.keras/.weights.h5 file."
+        )
+    reader = tf.train.load_checkpoint(prefix)
+    if "_CHECKPOINTABLE_OBJECT_GRAPH" in reader.get_variable_to_shape_map():
+        graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(
+            reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH")
+        )
+        # Object-based (TF2): keys are object paths; `full_name` is the variable's name.
+        names = {
+            attribute.checkpoint_key: (attribute.full_name, attribute.checkpoint_key)
+            for node in graph.nodes
+            for attribute in node.attributes
+            if attribute.name == "VARIABLE_VALUE"
+        }
+    else:  # name-based (TF1 Hub format): keys are the variable names
+        names = {key: (key,) for key in reader.get_variable_to_shape_map()}
+    state, sources = {}, {}
+    for checkpoint_key, candidates in sorted(names.items()):
+        key = next((k for k in map(canonical_key, candidates) if k is not None), None)
+        if key is None:
+            continue
+        if key in state:
+            raise ValueError(
+                f"{path} holds two variables for the official key {key!r} ({sources[key]!r} and "
+                f"{checkpoint_key!r}); it may hold more than one model. Export the BiT model alone."
+            )
+        state[key], sources[key] = reader.get_tensor(checkpoint_key), checkpoint_key
+    if ROOT_KERNEL not in state:
+        examples = ", ".join(repr(c[0]) for c in list(names.values())[:3])
+        raise ValueError(
+            f"{path} holds no BiT weights: none of its {len(names)} variables is named like {ROOT_KERNEL!r}"
+            f"{' (e.g. ' + examples + ')' if examples else ''}. Pass a SavedModel written by hub_export.export "
+            f"or a TF-Hub BiT module."
+        )
+    if HEAD_KERNEL in state and state[HEAD_KERNEL].ndim == 2:  # a Dense kernel, as in the .h5 release
+        state[HEAD_KERNEL] = state[HEAD_KERNEL][None, None]
+    return state
