@@ -1,0 +1,22 @@
+"""TF-Hub-format SavedModels of BiT models, and a Keras 3 layer that loads them.
+
+`export` writes a reusable SavedModel that replaces a published TF-Hub BiT
+module (e.g. https://tfhub.dev/google/bit/m-r50x1/1) unchanged: it takes
+float32 RGB images in [0, 1] (not [-1, 1]) of any size. `load` wraps such a
+module as a Keras 3 layer that fine-tunes; `bit_keras.BiT(variant,
+weights=path)` turns it back into a bit_keras model. The command line is
+`python -m hub_export --help`.
+
+Example:
+
+>>> import bit_keras, hub_export, os, tempfile
+>>> model = bit_keras.BiT(bit_keras.Variant((1, 1, 1, 1)), num_classes=3)
+>>> path = os.path.join(tempfile.mkdtemp(), "tiny")
+>>> hub_export.export(model, path, flavor="classification")["output_size"]
+3
+>>> layer = hub_export.load(path, trainable=True)
+"""
+
+from hub_export.exporter import FLAVORS, export
+from hub_export.loader import HubModuleLayer, load
+from hub_export.metadata import read_metadata

@@ -1,0 +1,129 @@
+"""Command line: export a BiT checkpoint or `.keras` model as a TF-Hub-format SavedModel.
+
+    python -m hub_export --variant BiT-M-R50x1 --weights BiT-M-R50x1.npz \\
+        --flavor feature_vector --out exported/bit_m-r50x1
+    python -m hub_export --weights finetuned.keras --flavor classification --out exported/pets
+
+Prints a line per phase, then what was written: signature, input range,
+variant, parameter count and size on disk.
+"""
+
+import argparse
+import os
+import re
+import sys
+
+_CUSTOM_VARIANT = re.compile(r"^R(\d+)-(\d+)-(\d+)-(\d+)x(\d+)$")
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m hub_export",
+        description="Writes a BiT model as a reusable TF-Hub-format SavedModel (images in [0, 1] by default).",
+    )
+    parser.add_argument("--weights", required=True, help="an official .npz/.h5 checkpoint, a release name, or a .keras file")
+    parser.add_argument(
+        "--variant",
+        help="e.g. BiT-M-R50x1, or R{u1}-{u2}-{u3}-{u4}x{width} for a custom size; not needed for a .keras file",
+    )
+    parser.add_argument("--flavor", default="feature_vector", choices=("feature_vector", "classification"))
+    parser.add_argument("--out", required=True, help="the SavedModel folder to write")
+    parser.add_argument("--num_classes", type=int, help="classification only: a new, zero head of this size")
+    parser.add_argument(
+        "--input_range",
+        default="0,1",
+        help="low,high of the images the module will take (default 0,1 as the TF-Hub BiT modules; 0,255 for pixels)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    args = parser.parse_args(argv)
+    is_keras_file = args.weights.endswith(".keras")
+    if not is_keras_file and not args.variant:
+        parser.error("--variant is required with a checkpoint (a .keras file names its own architecture).")
+    if is_keras_file and (args.variant or args.num_classes):
+        parser.error("--variant and --num_classes do not apply to a .keras file, which holds the whole model.")
+    if args.num_classes and args.flavor != "classification":
+        parser.error("--num_classes gives a new head, which only --flavor classification has.")
+    try:
+        args.input_range = tuple(float(v) for v in args.input_range.split(","))
+    except ValueError:
+        parser.error(f"--input_range must be two numbers such as 0,1; got {args.input_range!r}.")
+    return args
+
+
+def _variant(name):
+    import bit_keras
+
+    match = _CUSTOM_VARIANT.match(name)
+    if match:
+        *units, width = (int(v) for v in match.groups())
+        return bit_keras.Variant(tuple(units), width)
+    return bit_keras.get_variant(name)
+
+
+def _load_model(args):
+    import bit_keras
+    import keras
+
+    if args.weights.endswith(".keras"):
+        print(f"[1/3] Loading the model from {args.weights}")
+        return keras.saving.load_model(args.weights, compile=False)
+    variant = _variant(args.variant)
+    print(f"[1/3] Building {variant.name} with the weights of {args.weights}")
+    include_top = args.flavor == "classification"
+    return bit_keras.BiT(variant, weights=args.weights, num_classes=args.num_classes, include_top=include_top)
+
+
+def _check(path):
+    """Reloads the module and runs one image through `__call__`: the written folder works."""
+    import numpy as np
+    import tensorflow as tf
+
+    module = tf.saved_model.load(path)
+    outputs = module(np.zeros((1, 64, 64, 3), "float32"), training=False)
+    return f"reloaded; __call__(1x64x64x3 images) -> {tuple(outputs.shape)}"
+
+
+def _size_on_disk(path):
+    return sum(os.path.getsize(os.path.join(folder, f)) for folder, _, files in os.walk(path) for f in files)
+
+
+def _summary(path, record):
+    low, high = (f"{v:g}" for v in record["input_range"])
+    output = f"{record['output']}: float32[batch, {record['output_size']}]"
+    return "\n".join(
+        [
+            f"Wrote {path}",
+            f"  signature     serving_default(images: float32[batch, height, width, 3]) -> {output}",
+            "  __call__      (images, training=False), traced for training=False and True; fine-tunable",
+            f"  input range   [{low}, {high}] (float32 RGB, any size; the Keras model itself takes [-1, 1])",
+            f"  variant       {record['variant']} ({record['flavor']}), bit_keras {record['bit_keras_version']}",
+            f"  parameters    {record['parameters']:,}",
+            f"  size on disk  {_size_on_disk(path) / 2**20:.1f} MiB",
+        ]
+    )
+
+
+def main(argv=None):
+    """Runs the command line; returns the exit status."""
+    args = _parse_args(argv)
+    if os.path.lexists(args.out) and not args.overwrite:  # before the slow loading
+        print(f"error: {args.out} already exists; pass --overwrite to replace it, or another --out.", file=sys.stderr)
+        return 1
+    import hub_export
+
+    try:
+        model = _load_model(args)
+        print(f"[2/3] Writing the {args.flavor} module to {args.out}")
+        record = hub_export.export(
+            model, args.out, flavor=args.flavor, input_range=args.input_range, overwrite=args.overwrite
+        )
+    except (ValueError, FileExistsError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"[3/3] Checking the module: {_check(args.out)}")
+    print(_summary(os.path.abspath(args.out), hub_export.read_metadata(args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
