@@ -174,3 +174,22 @@ def test_under_a_mirrored_strategy():
     assert strategy.extended.variable_created_in_scope(tuner.model.get_layer("root_conv").kernel.value)
     history = tuner.fit((images, labels), verbose=0)
     assert np.isfinite(history.history["loss"]).all()
+
+
+@pytest.mark.backends
+def test_hyperrule_pieces_in_user_model_fit(tmp_path):
+    """The README's piece-by-piece path: rule, pipeline and LR schedule in plain model.fit."""
+    images, labels = colour_task(32)
+    rule = bit_keras.HyperRule(dataset_size=32, image_size=(12, 12), steps=6, sizes=(40, 32))
+    pipeline = data.train_pipeline(data.from_arrays(images, labels), resize=rule.resize, crop=rule.crop, batch_size=8, seed=0)
+    model = bit_keras.BiT(TINY, num_classes=2)
+    model.compile(
+        optimizer=keras.optimizers.SGD(rule.learning_rate(), momentum=0.9),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(pipeline, steps_per_epoch=3, epochs=2, verbose=0)
+    assert int(model.optimizer.iterations) == 6
+    model.save(tmp_path / "user.keras")
+    restored = keras.saving.load_model(tmp_path / "user.keras")
+    assert isinstance(restored.optimizer._learning_rate, bit_keras.hyperrule.HyperRuleLearningRate)
+    assert restored.optimizer._learning_rate.get_config() == rule.learning_rate().get_config()
