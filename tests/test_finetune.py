@@ -120,11 +120,25 @@ def test_best_model_is_kept_with_validation(tmp_path):
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".keras") and name != "best.keras"]
 
 
-def test_nan_loss_stops_with_a_clear_error(tmp_path):
+class _PoisonWeights(keras.callbacks.Callback):
+    """Turns the head to NaN after the second epoch's backup has been written."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            bias = self.model.get_layer("head").bias
+            bias.assign(keras.ops.full(bias.shape, float("nan")))
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_backup(tmp_path):
     images, labels = colour_task(32)
-    tuner = tuner_for(checkpoint_dir=str(tmp_path), base_lr=1e30, steps=10)
-    with pytest.raises(FloatingPointError, match="loss became"):
-        tuner.fit((images, labels))
+    tuner = tuner_for(checkpoint_dir=str(tmp_path), steps=10)
+    with pytest.raises(FloatingPointError, match="loss became nan .* last good backup is kept"):
+        tuner.fit((images, labels), callbacks=[_PoisonWeights()])
+    with open(tmp_path / "backup" / "training_metadata.json") as f:
+        assert json.load(f)["epoch"] == 2  # written before the weights went bad
+    resumed = tuner_for(checkpoint_dir=str(tmp_path), steps=10)
+    history = resumed.fit((images, labels), verbose=0)
+    assert len(history.history["loss"]) == 8 and np.isfinite(history.history["loss"]).all()
 
 
 @pytest.mark.parametrize("freeze,frozen,trained", [("head_only", "block4", "head"), ("block2", "block2", "block3")])
