@@ -200,9 +200,9 @@ def load_state(model, state, source="checkpoint", skip_head=False):
     """
     targets = official_weights(model)
     head_keys = {HEAD_KERNEL, HEAD_BIAS}
+    ignored = head_keys if skip_head or HEAD_KERNEL not in targets else set()
     if skip_head:
         targets = {k: v for k, v in targets.items() if k not in head_keys}
-    ignored = head_keys if skip_head or HEAD_KERNEL not in official_weights(model) else set()
     missing = sorted(set(targets) - set(state))
     unexpected = sorted(set(state) - set(targets) - ignored)
     wrong_shape = []

@@ -1,8 +1,10 @@
 """`BiTFineTuner`: BiT-HyperRule fine-tuning in one call, on top of `model.fit`."""
 
+import contextlib
 import math
 import os
 import tempfile
+import warnings
 
 import keras
 import numpy as np
@@ -197,7 +199,7 @@ class BiTFineTuner:
     # ------------------------------------------------------------------ internals
 
     def _scope(self):
-        return self.strategy.scope() if self.strategy is not None else _null_scope()
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
     def _build(self, model_or_variant, mixed_precision, weights):
         if isinstance(model_or_variant, keras.Model):
@@ -212,8 +214,13 @@ class BiTFineTuner:
                 model = self._rebuild_under_strategy(model)
         else:
             if weights == "release":
-                variant = str(model_or_variant)
-                weights = variant if checkpoints.find_release(variant) is not None else None
+                weights = model_or_variant if checkpoints.find_release(str(model_or_variant)) else None
+                if weights is None:
+                    warnings.warn(
+                        f"{model_or_variant} has no released weights: fine-tuning starts from random weights. "
+                        f"Pass weights= a checkpoint to transfer from one.",
+                        stacklevel=3,
+                    )
             previous = keras.config.dtype_policy()
             if mixed_precision:
                 keras.config.set_dtype_policy(mixed_precision)
@@ -310,14 +317,6 @@ class BiTFineTuner:
         if self.image_size is None:
             image, _ = next(iter(source.dataset.take(1)))
             self.image_size = tuple(int(d) for d in image.shape[:2])
-
-
-class _null_scope:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _StopOnNaN(keras.callbacks.Callback):

@@ -207,3 +207,9 @@ def test_hyperrule_pieces_in_user_model_fit(tmp_path):
     restored = keras.saving.load_model(tmp_path / "user.keras")
     assert isinstance(restored.optimizer._learning_rate, bit_keras.hyperrule.HyperRuleLearningRate)
     assert restored.optimizer._learning_rate.get_config() == rule.learning_rate().get_config()
+
+
+def test_a_variant_without_released_weights_warns():
+    with pytest.warns(UserWarning, match="no released weights"):
+        tuner = BiTFineTuner("BiT-L-R50x1", num_classes=2)
+    assert tuner.model.output.shape == (None, 2)
