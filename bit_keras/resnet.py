@@ -28,6 +28,7 @@ UPSTREAM = {
 RELEASED_FAMILIES = ("BiT-S", "BiT-M")  # BiT-L weights were never released.
 
 _NAME = re.compile(r"^(BiT-[SML])-R(\d+)x(\d+)$")
+_CUSTOM_NAME = re.compile(r"^R(\d+)-(\d+)-(\d+)-(\d+)x(\d+)$")  # Variant.name of a custom size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,15 +85,19 @@ class Variant:
 
 
 def get_variant(variant):
-    """Returns the `Variant` for a name such as "BiT-M-R50x1", or `variant` itself."""
+    """Returns the `Variant` for a name such as "BiT-M-R50x1" or "R1-1-1-1x1", or `variant` itself."""
     if isinstance(variant, Variant):
         return variant
+    custom = _CUSTOM_NAME.match(str(variant))
+    if custom:
+        *units, width = (int(v) for v in custom.groups())
+        return Variant(tuple(units), width)
     match = _NAME.match(str(variant))
     if not match or int(match[2]) not in UNITS_PER_BLOCK or int(match[3]) not in WIDTH_FACTORS:
         raise ValueError(
             f"Unknown BiT variant {variant!r}. Use 'BiT-{{S,M,L}}-R{{50,101,152}}x{{1,2,3,4}}' "
             f"(released weights: BiT-S/BiT-M with {', '.join(RELEASED_ARCHITECTURES)}) or "
-            f"bit_keras.Variant(units=(...), width=...) for a custom size."
+            f"'R{{u1}}-{{u2}}-{{u3}}-{{u4}}x{{width}}' / bit_keras.Variant(units=(...), width=...) for a custom size."
         )
     family, depth, width = match[1], int(match[2]), int(match[3])
     return Variant(UNITS_PER_BLOCK[depth], width, family, UPSTREAM[family][1])

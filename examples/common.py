@@ -4,7 +4,7 @@ from absl import flags
 
 import bit_keras
 
-TINY = bit_keras.Variant(units=(1, 1, 1, 1), width=1)
+TINY = bit_keras.get_variant("R1-1-1-1x1")
 
 
 def define_model_flags(default_variant="BiT-M-R50x1"):

@@ -10,10 +10,8 @@ variant, parameter count and size on disk.
 
 import argparse
 import os
-import re
 import sys
 
-_CUSTOM_VARIANT = re.compile(r"^R(\d+)-(\d+)-(\d+)-(\d+)x(\d+)$")
 
 
 def _parse_args(argv):
@@ -50,16 +48,6 @@ def _parse_args(argv):
     return args
 
 
-def _variant(name):
-    import bit_keras
-
-    match = _CUSTOM_VARIANT.match(name)
-    if match:
-        *units, width = (int(v) for v in match.groups())
-        return bit_keras.Variant(tuple(units), width)
-    return bit_keras.get_variant(name)
-
-
 def _load_model(args):
     import bit_keras
     import keras
@@ -67,7 +55,7 @@ def _load_model(args):
     if args.weights.endswith(".keras"):
         print(f"[1/3] Loading the model from {args.weights}")
         return keras.saving.load_model(args.weights, compile=False)
-    variant = _variant(args.variant)
+    variant = bit_keras.get_variant(args.variant)
     print(f"[1/3] Building {variant.name} with the weights of {args.weights}")
     include_top = args.flavor == "classification"
     return bit_keras.BiT(variant, weights=args.weights, num_classes=args.num_classes, include_top=include_top)
@@ -121,7 +109,7 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"[3/3] Checking the module: {_check(args.out)}")
-    print(_summary(os.path.abspath(args.out), hub_export.read_metadata(args.out)))
+    print(_summary(os.path.abspath(args.out), record))
     return 0
 
 

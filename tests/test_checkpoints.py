@@ -1,5 +1,4 @@
 import os
-import pickle
 
 import h5py
 import keras

@@ -51,6 +51,11 @@ def test_unknown_variant_names_are_refused(name):
         bit_keras.BiT(name)
 
 
+@pytest.mark.parametrize("variant", [bit_keras.Variant((1, 2, 1, 1), width=2), bit_keras.get_variant("BiT-M-R101x3")])
+def test_variant_names_round_trip(variant):
+    assert bit_keras.get_variant(variant.name) == variant
+
+
 def test_bit_l_is_architecture_only():
     variant = bit_keras.get_variant("BiT-L-R152x4")
     assert not variant.weights_released and variant.feature_size == 8192
