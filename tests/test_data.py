@@ -291,7 +291,7 @@ def test_from_folder_without_class_folders_raises(tmp_path):
 
 
 def test_from_tfds_under_mock_data():
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
     with tfds.testing.mock_data(num_examples=9):
         source = data.from_tfds("cifar10", split="train")
         gray = data.from_tfds("mnist", split="test")
