@@ -199,6 +199,34 @@ def from_folder(path, extensions=(".jpg", ".jpeg", ".png", ".bmp", ".gif")):
     return Source(dataset, len(paths), len(class_dirs), [d.name for d in class_dirs])
 
 
+def as_source(data, num_classes=None, dataset_size=None):
+    """A `Source` from what a trainer's `fit` takes: a `Source`, (images, labels) arrays
+    with pixels in [0, 255], or an unbatched `tf.data.Dataset` of (image, label) pairs
+    (which needs `dataset_size` and `num_classes`).
+
+    Example:
+
+    >>> import numpy as np
+    >>> as_source((np.zeros((4, 8, 8, 3), "uint8"), [0, 1, 0, 1])).num_examples
+    4
+    """
+    if isinstance(data, Source):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return from_arrays(np.asarray(data[0]), np.asarray(data[1]), num_classes=num_classes)
+    if isinstance(data, tf.data.Dataset):
+        if dataset_size is None or num_classes is None:
+            raise ValueError(
+                "A tf.data.Dataset does not say how many examples and classes it has: pass dataset_size= and "
+                "num_classes= to the trainer, or use bit_keras.data.from_arrays / from_folder / from_tfds."
+            )
+        return Source(data, int(dataset_size), int(num_classes))
+    raise TypeError(
+        f"Training data must be a bit_keras.data.Source, (images, labels) arrays or a tf.data.Dataset "
+        f"of (image, label) pairs; got {type(data).__name__}."
+    )
+
+
 def few_shot(source, examples_per_class, seed=0):
     """A `Source` with `examples_per_class` examples of each class, drawn with `seed`.
 

@@ -311,20 +311,7 @@ class BiTFineTuner:
         self._compiled = True
 
     def _source(self, train):
-        if isinstance(train, data.Source):
-            return train
-        if isinstance(train, (tuple, list)) and len(train) == 2:
-            return data.from_arrays(np.asarray(train[0]), np.asarray(train[1]), num_classes=self.num_classes)
-        import tensorflow as tf
-
-        if isinstance(train, tf.data.Dataset):
-            if self.dataset_size is None or self.num_classes is None:
-                raise ValueError("With a tf.data.Dataset, pass dataset_size= and num_classes= to BiTFineTuner.")
-            return data.Source(train, self.dataset_size, self.num_classes)
-        raise TypeError(
-            f"Training data must be a bit_keras.data.Source, (images, labels) arrays or a tf.data.Dataset "
-            f"of (image, label) pairs; got {type(train).__name__}."
-        )
+        return data.as_source(train, self.num_classes, self.dataset_size)
 
     def _adopt(self, source):
         if source.num_classes != self.num_classes:
