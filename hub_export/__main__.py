@@ -105,8 +105,12 @@ def main(argv=None):
         record = hub_export.export(
             model, args.out, flavor=args.flavor, input_range=args.input_range, overwrite=args.overwrite
         )
-    except (ValueError, FileExistsError, RuntimeError) as error:
+    except (ValueError, FileExistsError, RuntimeError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # an unwritable --out, a full disk: one line naming the path
+        where = error.filename or args.out
+        print(f"error: cannot write {where}: {error.strerror or error}. Choose a writable --out.", file=sys.stderr)
         return 1
     print(f"[3/3] Checking the module: {_check(args.out)}")
     print(_summary(os.path.abspath(args.out), record))
