@@ -251,13 +251,12 @@ def read_saved_model(path):
         ) from None
     if graph_bytes is not None:
         graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(graph_bytes)
-        slots = {slot.slot_variable_node_id for node in graph.nodes for slot in node.slot_variables}
+        model_nodes = _model_nodes(graph)
         # Object-based (TF2): keys are object paths; `full_name` is the variable's name.
         names = {
             attribute.checkpoint_key: (attribute.full_name, attribute.checkpoint_key)
-            for node_id, node in enumerate(graph.nodes)
-            if node_id not in slots
-            for attribute in node.attributes
+            for node_id in sorted(model_nodes)
+            for attribute in graph.nodes[node_id].attributes
             if attribute.name == "VARIABLE_VALUE" and "/.OPTIMIZER_SLOT/" not in attribute.checkpoint_key
         }
     else:  # name-based (TF1 Hub format): keys are the variable names
@@ -289,6 +288,34 @@ def read_saved_model(path):
     if HEAD_KERNEL in state and state[HEAD_KERNEL].ndim == 2:  # a Dense kernel, as in the .h5 release
         state[HEAD_KERNEL] = state[HEAD_KERNEL][None, None]
     return state
+
+
+_OPTIMIZER_STEP = {"iter", "iterations", "_iterations"}  # the step counter every Keras optimizer tracks
+
+
+def _model_nodes(graph):
+    """Ids of the object-graph nodes that are not an optimizer's: no slot variables, no optimizer state.
+
+    A module fine-tuned and saved with its optimizer (the TF-Hub colab
+    workflow) also holds momentum variables named like the weights: legacy
+    optimizers mark them as slot variables; newer ones keep them as children
+    of the optimizer object, recognised by its step counter. Nodes are
+    walked from the root without entering an optimizer.
+    """
+    slots = {slot.slot_variable_node_id for node in graph.nodes for slot in node.slot_variables}
+    optimizers = {
+        node_id
+        for node_id, node in enumerate(graph.nodes)
+        if any(child.local_name in _OPTIMIZER_STEP for child in node.children)
+    }
+    seen, stack = set(), [0]
+    while stack:
+        node_id = stack.pop()
+        if node_id in seen or node_id in slots or (node_id in optimizers and node_id != 0):
+            continue
+        seen.add(node_id)
+        stack.extend(child.node_id for child in graph.nodes[node_id].children)
+    return seen
 
 
 # ------------------------------------------------------- this package's files
