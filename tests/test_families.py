@@ -150,6 +150,22 @@ def test_timm_r50x1_both_ways(tmp_path):
         assert_logits_close(ours.predict(x, verbose=0), again(nchw(x)).numpy())
 
 
+def test_ws_epsilon_reproduces_timm_where_it_matters(tmp_path):
+    """A kernel with a tiny variance (as some released kernels have) makes the epsilon visible."""
+    peer = tiny_timm(seed=4)
+    with torch.no_grad():
+        peer.stages[1].blocks[0].conv2.weight.mul_(1e-4)  # variance ~4e-11: between 1e-10 and 1e-8
+    safetensors.torch.save_file(peer.state_dict(), tmp_path / "tiny.safetensors")
+    x = images(40)
+    with torch.no_grad():
+        expected = peer(nchw(x)).numpy()
+    matched = bit_keras.BiT("auto", weights=str(tmp_path / "tiny.safetensors"), ws_epsilon=PEER_EPSILON)
+    assert_logits_close(matched.predict(x, verbose=0), expected)
+    official = bit_keras.BiT("auto", weights=str(tmp_path / "tiny.safetensors"))
+    with pytest.raises(AssertionError):
+        assert_logits_close(official.predict(x, verbose=0), expected)
+
+
 class _Exploit:
     def __init__(self, marker):
         self.marker = marker
