@@ -19,7 +19,12 @@ def _parse_args(argv):
         prog="python -m hub_export",
         description="Writes a BiT model as a reusable TF-Hub-format SavedModel (images in [0, 1] by default).",
     )
-    parser.add_argument("--weights", required=True, help="an official .npz/.h5 checkpoint, a release name, or a .keras file")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="an official .npz/.h5 checkpoint, a timm .safetensors/.pth, a transformers Bit folder, "
+        "a release name (BiT-M-R50x1, timm/..., google/bit-50, kaggle:...), or a .keras file",
+    )
     parser.add_argument(
         "--variant",
         help="e.g. BiT-M-R50x1, or R{u1}-{u2}-{u3}-{u4}x{width} for a custom size; not needed for a .keras file",

@@ -61,7 +61,11 @@ def _releases():
 RELEASES = _releases()
 _VTAB = re.compile(r"^(BiT-[SM]-(R\d+x\d))-run(\d+)-([a-z0-9_]+)$")
 _HF_REPO = re.compile(r"^(?:hf:|hf-hub:)?(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)$")
-_KAGGLE = re.compile(r"^(?:kaggle:(?P<short>[\w.-]+/[\w.-]+/[\w.-]+/[\w.-]+(?:/\d+)?)|(?P<long>[\w.-]+/[\w.-]+/[\w.-]+/[\w.-]+(?:/\d+)?))$")
+_KAGGLE_FRAMEWORKS = "tensorflow1|tensorflow2|tfjs|tflite|keras|jax|flax|pytorch|transformers|other"
+_KAGGLE = re.compile(
+    r"^(?:kaggle:(?P<short>[\w.-]+/[\w.-]+/[\w.-]+/[\w.-]+(?:/\d+)?)"
+    rf"|(?P<long>[\w.-]+/[\w.-]+/(?i:{_KAGGLE_FRAMEWORKS})/[\w.-]+(?:/\d+)?))$"
+)
 
 
 def find_release(name):
@@ -133,12 +137,16 @@ def download_hf(repo):
     """
     from bit_keras.checkpoints.formats import require
 
-    hub = require("huggingface_hub", "huggingface_hub")
+    try:
+        hub = require("huggingface_hub", "huggingface_hub")
+    except ImportError as error:
+        raise ImportError(f"weights={repo!r} is no local file or folder; as a Hugging Face repo name: {error}") from None
     try:
         config_path = hub.hf_hub_download(repo_id=repo, filename="config.json")
     except Exception as error:
         raise ValueError(
-            f"{repo!r} could not be fetched from the Hugging Face Hub ({type(error).__name__}: {error}). "
+            f"{repo!r} is no local file or folder, and could not be fetched as a repo from the Hugging Face Hub "
+            f"({type(error).__name__}: {error}). "
             f"Check the name (e.g. 'timm/resnetv2_50x1_bit.goog_in21k', 'google/bit-50') and the network, "
             f"or pass a local file."
         ) from None
@@ -158,7 +166,10 @@ def download_kaggle(handle):
     """Downloads a Kaggle Models handle (a TF2 SavedModel of BiT) and returns its folder."""
     from bit_keras.checkpoints.formats import require
 
-    kagglehub = require("kagglehub", "kagglehub")
+    try:
+        kagglehub = require("kagglehub", "kagglehub")
+    except ImportError as error:
+        raise ImportError(f"weights={handle!r} is no local file or folder; as a Kaggle Models handle: {error}") from None
     try:
         folder = kagglehub.model_download(handle)
     except Exception as error:
