@@ -370,3 +370,28 @@ def test_variant_is_inferred_from_official_files(tmp_path, small_npz, small_stat
     assert model.name == "R1-2-1-1x1" and model.weights_family == "official"
     h5 = write_tf2_h5(tmp_path / "small.h5", small_state)
     assert bit_keras.BiT(None, weights=h5).output.shape == (None, 5)
+
+
+def test_a_replaced_folder_left_aside_by_a_killed_writer_is_put_back(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "keep.txt").write_text("mine")
+    script = (
+        "import os, signal, sys\n"
+        "from bit_keras.checkpoints import writing\n"
+        "original = os.rename\n"
+        "def rename(src, dst):\n"
+        "    original(src, dst)\n"
+        "    if dst.endswith('.previous'):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "os.rename = rename\n"
+        "with writing.atomic_folder(sys.argv[1], overwrite=True) as tmp:\n"
+        "    open(os.path.join(tmp, 'new.txt'), 'w').close()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "export")], timeout=120)
+    assert result.returncode == -9 and not (tmp_path / "export").exists()
+    checkpoints.remove_stale(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+    assert (tmp_path / "export" / "keep.txt").read_text() == "mine"

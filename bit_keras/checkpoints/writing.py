@@ -24,7 +24,9 @@ from bit_keras.checkpoints.validate import check_values
 
 _TAG = ".bit-keras-tmp"
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
-_TEMPORARY = re.compile(rf"^\..+{re.escape(_TAG)}\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[0-9a-f]+(?:\.previous)?$")
+_TEMPORARY = re.compile(
+    rf"^\.(?P<base>.+){re.escape(_TAG)}\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[0-9a-f]+(?P<previous>\.previous)?$"
+)
 
 
 def refuse_existing(path, overwrite):
@@ -44,7 +46,11 @@ def _alive(pid):
 
 
 def remove_stale(folder):
-    """Removes temporary files and folders of dead writers on this host from `folder`; returns their names."""
+    """Removes temporary files and folders of dead writers on this host from `folder`; returns their names.
+
+    A writer killed while replacing a folder may leave the old one only
+    under its `.previous` name: that one is put back where it was.
+    """
     removed = []
     try:
         names = os.listdir(folder)
@@ -53,7 +59,11 @@ def remove_stale(folder):
     for name in names:
         match = _TEMPORARY.match(name)
         if match and match["host"] == _HOST and not _alive(int(match["pid"])):
-            _remove(os.path.join(folder, name))
+            target = os.path.join(folder, match["base"])
+            if match["previous"] and not os.path.lexists(target):
+                os.rename(os.path.join(folder, name), target)
+            else:
+                _remove(os.path.join(folder, name))
             removed.append(name)
     return removed
 
