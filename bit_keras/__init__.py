@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 from bit_keras import data, distribute, hyperrule, training
-from bit_keras.checkpoints import save_official
+from bit_keras.checkpoints import save_official, save_timm, save_transformers
 from bit_keras.finetune import BiTFineTuner
 from bit_keras.hyperrule import HyperRule
 from bit_keras.layers import GroupNormalization, StandardizedConv2D
