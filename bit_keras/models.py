@@ -2,7 +2,7 @@
 
 import numbers
 
-from bit_keras import checkpoints
+from bit_keras import checkpoints, distribute
 from bit_keras.resnet import WS_EPSILON, build_resnet, get_variant
 
 
@@ -15,6 +15,7 @@ def BiT(
     input_shape=(None, None, 3),
     name=None,
     ws_epsilon=WS_EPSILON,
+    strategy=None,
 ):
     """A BiT ResNet-v2 as a functional `keras.Model` that outputs logits.
 
@@ -43,6 +44,9 @@ def BiT(
         ws_epsilon: the weight-standardisation epsilon of every convolution:
             the official 1e-10 by default; 1e-8 reproduces timm and
             transformers (the difference is about 3e-5 of the largest logit).
+        strategy: make every variable under this strategy: a name such as
+            "mirrored" or "tpu", or an instance (see
+            `bit_keras.distribute.resolve_strategy`); None uses the current scope.
 
     The returned model records where its weights came from:
     `model.weights_family` ("official", "timm", "transformers", "keras" or
@@ -77,7 +81,8 @@ def BiT(
         classes = num_classes or checkpoint_classes or spec.upstream_classes
         if not classes:
             raise ValueError(f"{spec.name} has no upstream head; pass num_classes= for a classifier, or include_top=False.")
-    model = build_resnet(spec, classes, include_top, pooling, input_shape, name, ws_epsilon=ws_epsilon)
+    with distribute.scope(None if strategy is None else distribute.resolve_strategy(strategy)):
+        model = build_resnet(spec, classes, include_top, pooling, input_shape, name, ws_epsilon=ws_epsilon)
     if state is not None:
         keep_head = include_top and classes == checkpoint_classes
         checkpoints.load_state(model, state, record.source, skip_head=not keep_head)

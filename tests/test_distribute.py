@@ -171,3 +171,12 @@ def test_a_tpu_asked_for_where_there_is_none_is_a_clear_error(monkeypatch):
     with pytest.raises(ValueError, match="strategy must be one of"):
         distribute.resolve_strategy("gpu")
     assert distribute.num_replicas(distribute.resolve_strategy("mirrored")) >= 1
+
+
+@requires_tensorflow
+def test_bit_builds_every_variable_under_a_named_strategy():
+    import bit_keras
+
+    model = bit_keras.BiT(bit_keras.Variant((1, 1, 1, 1)), num_classes=2, strategy="mirrored")
+    strategy = model.get_layer("root_conv").kernel.value._distribute_strategy
+    assert all(strategy.extended.variable_created_in_scope(v.value) for v in model.weights)
