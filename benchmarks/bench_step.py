@@ -5,7 +5,8 @@ One training step is forward, soft-label cross-entropy, backward and an SGD
 
     bit_keras/tf          TensorFlow backend, `model.compile()` defaults (the user path)
     bit_keras/tf-xla      TensorFlow backend, `compile(jit_compile=True)`
-    bit_keras/tf-noxla    TensorFlow backend, `compile(jit_compile=False)`
+    bit_keras/tf-noxla    TensorFlow backend, `compile(jit_compile=False)` (only when named in
+                          --contenders: on CPU it is the default, Keras' "auto" turning XLA off)
     bit_keras/jax         JAX backend, `train_on_batch` / `predict_on_batch` (the
                           step `model.fit` runs) on device-resident batches
     bit_keras/jax-stateless  JAX backend, a jitted `stateless_call` +
@@ -66,6 +67,7 @@ CONTENDERS = {
     "timm/compile": ("timm", None, {"compile": True}),
     "keras/resnet50v2": ("keras_resnet50v2", "tensorflow", {}),
 }
+DEFAULT_CONTENDERS = [name for name in CONTENDERS if name != "bit_keras/tf-noxla"]
 PEERS = ("timm/eager", "timm/compile", "keras/resnet50v2")
 MODES = ("infer", "train")
 PREFIX = "@@BENCH "
@@ -384,7 +386,7 @@ def _median_rows(results):
 
 
 def coordinate(args, passthrough):
-    names = args.contenders.split(",") if args.contenders else list(CONTENDERS)
+    names = args.contenders.split(",") if args.contenders else DEFAULT_CONTENDERS
     unknown = [n for n in names if n not in CONTENDERS]
     if unknown:
         sys.exit(f"Unknown contenders {unknown}; choose from {', '.join(CONTENDERS)}.")
