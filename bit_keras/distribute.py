@@ -87,7 +87,7 @@ def scope(strategy):
 
 def _check_instance(spec):
     backend = keras.backend.backend()
-    if isinstance(spec, keras.distribution.Distribution):
+    if isinstance(spec, (keras.distribution.DataParallel, keras.distribution.ModelParallel)):
         if backend != "jax":
             raise ValueError(
                 f"A keras.distribution.{type(spec).__name__} distributes the JAX backend; this process runs "
@@ -107,7 +107,7 @@ def _check_instance(spec):
             )
         return spec
     raise TypeError(
-        f"strategy must be a name in {NAMES}, a tf.distribute.Strategy or a keras.distribution.Distribution; "
+        f"strategy must be a name in {NAMES}, a tf.distribute.Strategy or a keras.distribution.DataParallel; "
         f"got {type(spec).__name__}."
     )
 

@@ -6,7 +6,6 @@ import keras
 import numpy as np
 
 from bit_keras import checkpoints, data, hyperrule, training
-from bit_keras.models import BiT
 
 FREEZE_POINTS = ("root", "block1", "block2", "block3", "block4", "head_only")
 
@@ -262,9 +261,7 @@ class BiTFineTuner:
                         f"Pass weights= a checkpoint to transfer from one.",
                         stacklevel=3,
                     )
-            model = self.engine.build(
-                lambda: BiT(model_or_variant, weights=weights, num_classes=self.num_classes), mixed_precision
-            )
+            model = self.engine.build(model_or_variant, weights, self.num_classes, mixed_precision)
         self._check_head(model)
         if zero_head:
             self._zero_head(model)

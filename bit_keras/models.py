@@ -1,9 +1,14 @@
 """`bit_keras.BiT`: the public constructor, with weights from any source."""
 
+import contextlib
 import numbers
+
+import keras
 
 from bit_keras import checkpoints, distribute
 from bit_keras.resnet import WS_EPSILON, build_resnet, get_variant
+
+MIXED_PRECISION = ("mixed_bfloat16", "mixed_float16")
 
 
 def BiT(
@@ -16,6 +21,7 @@ def BiT(
     name=None,
     ws_epsilon=WS_EPSILON,
     strategy=None,
+    mixed_precision=None,
 ):
     """A BiT ResNet-v2 as a functional `keras.Model` that outputs logits.
 
@@ -47,6 +53,10 @@ def BiT(
         strategy: make every variable under this strategy: a name such as
             "mirrored" or "tpu", or an instance (see
             `bit_keras.distribute.resolve_strategy`); None uses the current scope.
+        mixed_precision: "mixed_bfloat16" or "mixed_float16" to compute in
+            half precision (variables, GroupNorm statistics, weight
+            standardisation and logits stay float32); None uses Keras' global
+            dtype policy. The global policy is left as it was.
 
     The returned model records where its weights came from:
     `model.weights_family` ("official", "timm", "transformers", "keras" or
@@ -81,7 +91,7 @@ def BiT(
         classes = num_classes or checkpoint_classes or spec.upstream_classes
         if not classes:
             raise ValueError(f"{spec.name} has no upstream head; pass num_classes= for a classifier, or include_top=False.")
-    with distribute.scope(None if strategy is None else distribute.resolve_strategy(strategy)):
+    with _dtype_policy(mixed_precision), distribute.scope(None if strategy is None else distribute.resolve_strategy(strategy)):
         model = build_resnet(spec, classes, include_top, pooling, input_shape, name, ws_epsilon=ws_epsilon)
     if state is not None:
         keep_head = include_top and classes == checkpoint_classes
@@ -89,6 +99,21 @@ def BiT(
     model.weights_family = record.family if record else None
     model.weights_source = record.source if record else None
     return model
+
+
+@contextlib.contextmanager
+def _dtype_policy(name):
+    if name is None:
+        yield
+        return
+    if name not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision must be None or one of {MIXED_PRECISION}, got {name!r}.")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _check_num_classes(num_classes):

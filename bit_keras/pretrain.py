@@ -13,7 +13,6 @@ import dataclasses
 import keras
 
 from bit_keras import data, hyperrule, training
-from bit_keras.models import BiT
 
 UPSTREAM_BATCH_SIZE = 4096
 BASE_LR = 0.03  # at batch 256, scaled linearly with the batch
@@ -201,6 +200,4 @@ class BiTPretrainer:
         )
 
     def _build(self):
-        self.model = self.engine.build(
-            lambda: BiT(self._variant, weights=None, num_classes=self.num_classes), self.mixed_precision
-        )
+        self.model = self.engine.build(self._variant, None, self.num_classes, self.mixed_precision)

@@ -181,16 +181,11 @@ class Engine:
     def scope(self):
         return distribute.scope(self.strategy)
 
-    def build(self, build_model, mixed_precision=None):
-        """`build_model()` under the strategy's scope and the dtype policy `mixed_precision`."""
-        previous = keras.config.dtype_policy()
-        if mixed_precision:
-            keras.config.set_dtype_policy(mixed_precision)
-        try:
-            with self.scope():
-                return build_model()
-        finally:
-            keras.config.set_dtype_policy(previous)
+    def build(self, variant, weights=None, num_classes=None, mixed_precision=None):
+        """A `bit_keras.BiT` with every variable made under the strategy."""
+        from bit_keras.models import BiT
+
+        return BiT(variant, weights=weights, num_classes=num_classes, strategy=self.strategy, mixed_precision=mixed_precision)
 
     def adopt(self, model):
         """`model`, or its copy with variables made under the strategy when they were made outside it."""

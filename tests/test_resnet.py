@@ -158,3 +158,15 @@ def test_model_group_norm_epsilon_is_1e_5():
     logits, expected = _model_and_reference(state, x)
     _assert_reference_parity(logits, expected)
     assert np.abs(reference_forward(state, x, (1, 1, 1, 1), gn_eps=1e-3) - expected).max() > 0.05 * np.abs(expected).max()
+
+
+@pytest.mark.backends
+def test_mixed_precision_is_one_word_and_leaves_the_global_policy_alone(tiny):
+    model = bit_keras.BiT(tiny, num_classes=3, mixed_precision="mixed_bfloat16")
+    assert model.get_layer("root_conv").compute_dtype == "bfloat16"
+    assert model.get_layer("root_conv").kernel.dtype == "float32"
+    assert model.get_layer("head").compute_dtype == "float32"  # logits in float32
+    assert keras.config.dtype_policy().name == "float32"
+    assert model.predict(np.zeros((1, 32, 32, 3), "float32"), verbose=0).dtype == np.float32
+    with pytest.raises(ValueError, match="mixed_precision must be None or one of"):
+        bit_keras.BiT(tiny, num_classes=3, mixed_precision="bf16")
