@@ -30,7 +30,7 @@ def resolve_strategy(spec="auto", tpu=None):
             "mirrored" (all local GPUs; all logical CPU devices when there is
             no GPU), "multi_worker" (`MultiWorkerMirroredStrategy` from the
             `TF_CONFIG` environment variable), "default" (no distribution), or
-            a `tf.distribute.Strategy` / `keras.distribution.Distribution`,
+            a `tf.distribute.Strategy` / `keras.distribution.DataParallel`,
             returned as is. None means "default".
         tpu: the TPU's name or `grpc://` address for "tpu" (and "auto");
             None looks it up from the environment, as on a Cloud TPU VM.
