@@ -2,7 +2,12 @@
 
 __version__ = "0.1.0"
 
-from bit_keras import data, hyperrule
+# First, before anything imports TensorFlow: its start-up log noise filtered out.
+from bit_keras import _quiet
+
+_quiet.quiet_import()
+
+from bit_keras import data, hyperrule  # noqa: E402 (after the quiet import)
 from bit_keras.checkpoints import save_official
 from bit_keras.finetune import BiTFineTuner
 from bit_keras.hyperrule import HyperRule
