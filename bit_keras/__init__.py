@@ -1,4 +1,4 @@
-"""Big Transfer (BiT) for Keras 3: ResNet-v2 models, checkpoints, HyperRule fine-tuning."""
+"""Big Transfer (BiT) for Keras 3: ResNet-v2 models, checkpoints, HyperRule fine-tuning, upstream pre-training."""
 
 __version__ = "0.1.0"
 
@@ -7,10 +7,11 @@ from bit_keras import _quiet
 
 _quiet.quiet_import()
 
-from bit_keras import data, hyperrule  # noqa: E402 (after the quiet import)
+from bit_keras import data, distribute, hyperrule, training  # noqa: E402 (after the quiet import)
 from bit_keras.checkpoints import save_official
 from bit_keras.finetune import BiTFineTuner
 from bit_keras.hyperrule import HyperRule
 from bit_keras.layers import GroupNormalization, StandardizedConv2D
 from bit_keras.models import BiT
+from bit_keras.pretrain import BiTPretrainer
 from bit_keras.resnet import Variant, get_variant, variants

@@ -19,10 +19,8 @@ from PIL import Image
 # What `tf.io.decode_image` reads; PIL calls many phone-camera JPEGs "MPO".
 _TF_DECODABLE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "GIF"})
 
-# Salts that keep the per-example and the per-batch random streams of one
-# pipeline independent although both derive from the same user seed.
-_EXAMPLE_STREAM = 0
-_BATCH_STREAM = 1
+# Keeps the training streams' random numbers apart from other uses of the user's seed.
+_STREAM_SALT = 0x5EED
 
 
 @dataclasses.dataclass
@@ -201,6 +199,34 @@ def from_folder(path, extensions=(".jpg", ".jpeg", ".png", ".bmp", ".gif")):
     return Source(dataset, len(paths), len(class_dirs), [d.name for d in class_dirs])
 
 
+def as_source(data, num_classes=None, dataset_size=None):
+    """A `Source` from what a trainer's `fit` takes: a `Source`, (images, labels) arrays
+    with pixels in [0, 255], or an unbatched `tf.data.Dataset` of (image, label) pairs
+    (which needs `dataset_size` and `num_classes`).
+
+    Example:
+
+    >>> import numpy as np
+    >>> as_source((np.zeros((4, 8, 8, 3), "uint8"), [0, 1, 0, 1])).num_examples
+    4
+    """
+    if isinstance(data, Source):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return from_arrays(np.asarray(data[0]), np.asarray(data[1]), num_classes=num_classes)
+    if isinstance(data, tf.data.Dataset):
+        if dataset_size is None or num_classes is None:
+            raise ValueError(
+                "A tf.data.Dataset does not say how many examples and classes it has: pass dataset_size= and "
+                "num_classes= to the trainer, or use bit_keras.data.from_arrays / from_folder / from_tfds."
+            )
+        return Source(data, int(dataset_size), int(num_classes))
+    raise TypeError(
+        f"Training data must be a bit_keras.data.Source, (images, labels) arrays or a tf.data.Dataset "
+        f"of (image, label) pairs; got {type(data).__name__}."
+    )
+
+
 def few_shot(source, examples_per_class, seed=0):
     """A `Source` with `examples_per_class` examples of each class, drawn with `seed`.
 
@@ -248,28 +274,48 @@ def few_shot(source, examples_per_class, seed=0):
 
 
 def train_pipeline(
-    source, *, resize, crop, batch_size, mixup_alpha=0.0, shuffle_buffer=10_000, seed=None, repeat=True
+    source,
+    *,
+    resize,
+    crop,
+    batch_size,
+    mixup_alpha=0.0,
+    shuffle_buffer=10_000,
+    seed=None,
+    repeat=True,
+    batch_split=1,
+    start_batch=0,
 ):
     """The BiT-HyperRule fine-tuning input pipeline.
 
     Each image is resized to `(resize, resize)`, randomly cropped to
     `(crop, crop)`, flipped left-right with probability 1/2 (each image on its
     own), and scaled to [-1, 1]. Batches have exactly `batch_size` examples
-    and one-hot labels, mixed with `mixup` when `mixup_alpha > 0`. Examples
-    are shuffled before augmentation, so the buffer holds raw uint8 images
-    rather than float32 crops. A `seed` makes the whole stream reproducible.
+    and one-hot labels; with `mixup_alpha > 0` each batch is mixed with itself
+    reversed, one lambda per batch. Examples are shuffled before augmentation,
+    so the buffer holds raw uint8 images rather than float32 crops.
+
+    The stream is a function of `seed` and the position alone: the example at
+    position p of epoch e is drawn, cropped and flipped the same way however
+    the stream is consumed. So `start_batch=k` continues exactly after k
+    batches (a resumed run sees what an uninterrupted one would), and
+    `batch_split=n` yields each batch, already mixed as a whole, as n
+    consecutive micro-batches: gradient accumulation or replicas then see
+    the same examples and the same mixup as one whole batch.
 
     Args:
         source: a `Source`.
         resize: side of the square resize (HyperRule: 160 or 448).
         crop: side of the random square crop (HyperRule: 128 or 384).
-        batch_size: examples per batch; a last partial batch is dropped.
+        batch_size: examples per (global) batch; a last partial one is dropped.
         mixup_alpha: Beta(alpha, alpha) mixup; 0 turns it off.
         shuffle_buffer: examples in the shuffle buffer.
         seed: integer seed for shuffling and augmentation; None for fresh
             randomness on every run.
         repeat: repeat forever (for step-based schedules) or stop after one
-            pass (one epoch per `fit` epoch).
+            pass (then every pass is a freshly shuffled, augmented epoch).
+        batch_split: yield each batch as this many micro-batches.
+        start_batch: batches of the stream to skip (with `repeat`).
 
     Example:
 
@@ -285,17 +331,12 @@ def train_pipeline(
     if mixup_alpha < 0:
         raise ValueError(f"mixup_alpha must be >= 0 (0 turns mixup off), got {mixup_alpha}.")
     _check_one_batch(source, batch_size, repeat)
-    dataset = _shuffled(source, shuffle_buffer, seed, repeat)
-    dataset = tf.data.Dataset.zip(dataset, _seed_stream(seed, _EXAMPLE_STREAM)).map(
-        lambda example, example_seed: _resize_crop_flip(*example, example_seed, resize, crop),
+    dataset = _example_stream(source, seed, shuffle_buffer, repeat, start_batch * batch_size)
+    dataset = dataset.map(
+        lambda example, example_seed: (*_resize_crop_flip(*example, example_seed, resize, crop), example_seed),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    dataset = dataset.batch(batch_size, drop_remainder=True).map(_one_hot(source.num_classes))
-    if mixup_alpha > 0:
-        dataset = tf.data.Dataset.zip(dataset, _seed_stream(seed, _BATCH_STREAM)).map(
-            lambda batch, batch_seed: mixup(*batch, mixup_alpha, seed=batch_seed)
-        )
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return _batches(dataset, source.num_classes, batch_size, mixup_alpha, batch_split)
 
 
 def eval_pipeline(source, *, crop, batch_size):
@@ -356,23 +397,17 @@ def mixup(images, labels, alpha, seed=None):
     return _mix(images, lam), _mix(labels, lam)
 
 
-def upstream_pipeline(source, *, image_size=224, batch_size, seed=None, repeat=True, shuffle_buffer=10_000):
+def upstream_pipeline(
+    source, *, image_size=224, batch_size, seed=None, repeat=True, shuffle_buffer=10_000, batch_split=1, start_batch=0
+):
     """The BiT-S/M pre-training pipeline: Inception-style crop, flip, [-1, 1].
 
     A random crop of 8%-100% of the image area with aspect ratio in [3/4, 4/3]
-    is resized to `(image_size, image_size)` (keras-cv `RandomCropAndResize`),
-    flipped left-right with probability 1/2, and scaled to [-1, 1]. Batches
-    have exactly `batch_size` examples and one-hot labels.
-
-    Args:
-        source: a `Source` (ILSVRC-2012 or ImageNet-21k upstream).
-        image_size: side of the output images.
-        batch_size: examples per batch; a last partial batch is dropped.
-        seed: integer seed for shuffling and augmentation, or None. Shuffling
-            and flips are reproducible; the crops are not exactly, since the
-            keras-cv layer keeps one random state that parallel map calls share.
-        repeat: repeat forever or stop after one pass.
-        shuffle_buffer: examples in the shuffle buffer.
+    is resized to `(image_size, image_size)` (keras-cv's `RandomCropAndResize`
+    crops; the box is drawn from the example's seed), flipped left-right with
+    probability 1/2, and scaled to [-1, 1]. Batches have exactly `batch_size`
+    examples and one-hot labels. The stream depends on `seed` and the position
+    only, as in `train_pipeline`, whose `batch_split` and `start_batch` it shares.
 
     Example:
 
@@ -387,27 +422,32 @@ def upstream_pipeline(source, *, image_size=224, batch_size, seed=None, repeat=T
 
     _check_positive(image_size=image_size, batch_size=batch_size)
     _check_one_batch(source, batch_size, repeat)
-    # Built once, outside the map function: a layer created inside it would be
-    # re-made, with a fresh random state, every time tf.data traces the function.
+    # Built once, outside the map function: a layer made inside it would be re-made at every trace.
     crop_and_resize = keras_cv.layers.RandomCropAndResize(
-        target_size=(image_size, image_size),
-        crop_area_factor=(0.08, 1.0),
-        aspect_ratio_factor=(3 / 4, 4 / 3),
-        seed=seed,
+        target_size=(image_size, image_size), crop_area_factor=(0.08, 1.0), aspect_ratio_factor=(3 / 4, 4 / 3)
     )
 
-    def augment(example, flip_seed):
+    def augment(example, example_seed):
         image, label = example
-        image = crop_and_resize(tf.cast(image, tf.float32))
+        box_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(example_seed, 2))
+        image = crop_and_resize.augment_image(tf.cast(image, tf.float32), _inception_box(box_seed))
         image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-        return _scale(image), label
+        return _scale(image), label, example_seed
 
-    dataset = _shuffled(source, shuffle_buffer, seed, repeat)
-    dataset = tf.data.Dataset.zip(dataset, _seed_stream(seed, _EXAMPLE_STREAM)).map(
-        augment, num_parallel_calls=tf.data.AUTOTUNE
-    )
-    dataset = dataset.batch(batch_size, drop_remainder=True).map(_one_hot(source.num_classes))
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    dataset = _example_stream(source, seed, shuffle_buffer, repeat, start_batch * batch_size)
+    dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return _batches(dataset, source.num_classes, batch_size, 0.0, batch_split)
+
+
+def _inception_box(seed):
+    """[[y1, x1, y2, x2]]: 8%-100% of the area, aspect ratio in [3/4, 4/3], as keras-cv draws it."""
+    area, aspect, y, x = tf.unstack(tf.random.stateless_uniform((4,), seed=seed))
+    area = 0.08 + 0.92 * area
+    aspect = 3 / 4 + (4 / 3 - 3 / 4) * aspect
+    height = tf.clip_by_value(tf.sqrt(area / aspect), 0.0, 1.0)
+    width = tf.clip_by_value(tf.sqrt(area * aspect), 0.0, 1.0)
+    y1, x1 = y * (1.0 - height), x * (1.0 - width)
+    return [[y1, x1, y1 + height, x1 + width]]
 
 
 def _to_rgb(image):
@@ -494,19 +534,64 @@ def _check_one_batch(source, batch_size, repeat):
         )
 
 
-def _shuffled(source, shuffle_buffer, seed, repeat):
-    dataset = source.dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    return dataset.repeat() if repeat else dataset
+def _example_stream(source, seed, shuffle_buffer, repeat, start):
+    """(example, example_seed) from `start` on: epoch e shuffled and augmented by (seed, e, position) alone."""
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % 2**31)
+    base = tf.constant([seed, _STREAM_SALT], tf.int64)
+    if repeat:
+        first_epoch, offset = divmod(int(start), source.num_examples)
+        epochs = tf.data.Dataset.range(first_epoch, 2**62)
+    elif start:
+        raise ValueError("start_batch needs repeat=True: a single pass has no later position to start from.")
+    else:
+        # A finite pipeline is iterated once per Keras epoch: each pass draws a new epoch.
+        epochs, offset = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1), 0
+
+    def epoch(index):
+        epoch_seed = tf.random.experimental.stateless_fold_in(base, index)
+        examples = _shuffled(source.dataset, shuffle_buffer, epoch_seed[0])
+        return examples.enumerate().map(
+            lambda position, example: (example, tf.random.experimental.stateless_fold_in(epoch_seed, position))
+        )
+
+    return epochs.flat_map(epoch).skip(offset)
 
 
-def _seed_stream(seed, stream):
-    """An endless dataset of shape-(2,) seeds for stateless random ops.
+def _shuffled(dataset, shuffle_buffer, seed):
+    """`dataset` shuffled by the int64 tensor `seed` alone, whatever the global TensorFlow seed.
 
-    Reproducible for an integer `seed`, yet different on every pass over the
-    pipeline (each `fit` epoch without repeat gets new augmentations).
+    Runs while tf.data traces a function. Without a graph-level seed, TensorFlow
+    pairs the op seed with a fixed default; with one it would mix the user's
+    global seed in (and fail on a global seed of 0 with a tensor op seed).
     """
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    return seeds.map(lambda pair: tf.random.experimental.stateless_fold_in(pair, stream))
+    graph = tf.compat.v1.get_default_graph()
+    graph_seed, graph.seed = graph.seed, None
+    try:
+        return dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+    finally:
+        graph.seed = graph_seed
+
+
+def _batches(dataset, num_classes, batch_size, mixup_alpha, batch_split):
+    """Global batches of (images, one-hot labels), mixed whole, then split into `batch_split` micro-batches."""
+    if not isinstance(batch_split, (int, np.integer)) or batch_split < 1 or batch_size % batch_split:
+        raise ValueError(f"batch_split must be a positive integer dividing batch_size={batch_size}, got {batch_split!r}.")
+
+    def finish(images, labels, seeds):
+        labels = tf.one_hot(_checked_labels(labels, num_classes), num_classes, dtype=tf.float32)
+        if mixup_alpha > 0:  # one lambda per batch, drawn from the seed of its first example
+            images, labels = mixup(images, labels, mixup_alpha, seed=tf.random.experimental.stateless_fold_in(seeds[0], 1))
+        return images, labels
+
+    dataset = dataset.batch(batch_size, drop_remainder=True).map(finish)
+    if batch_split > 1:
+        dataset = dataset.unbatch().batch(batch_size // batch_split, drop_remainder=True)
+    # Every worker reads the whole stream and keeps its share of each batch, so the
+    # global batch (and its mixup) is the same on any number of hosts.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def _resize_crop_flip(image, label, seed, resize, crop):
@@ -523,7 +608,19 @@ def _scale(image):
 
 
 def _one_hot(num_classes):
-    return lambda images, labels: (images, tf.one_hot(labels, num_classes, dtype=tf.float32))
+    return lambda images, labels: (images, tf.one_hot(_checked_labels(labels, num_classes), num_classes, dtype=tf.float32))
+
+
+def _checked_labels(labels, num_classes):
+    """`labels`, after checking they are class ids in [0, num_classes): tf.one_hot maps others to all-zero rows."""
+    message = (
+        f"labels must be class ids in [0, {num_classes}): the data has a label outside it. Fix the labels, or give "
+        f"the Source (and the model's head) num_classes greater than the largest label."
+    )
+    with tf.control_dependencies(
+        [tf.debugging.assert_non_negative(labels, message=message), tf.debugging.assert_less(labels, tf.cast(num_classes, labels.dtype), message=message)]
+    ):
+        return tf.identity(labels)
 
 
 def _sample_beta(alpha, seed):

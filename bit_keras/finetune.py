@@ -1,19 +1,14 @@
 """`BiTFineTuner`: BiT-HyperRule fine-tuning in one call, on top of `model.fit`."""
 
-import contextlib
-import math
-import os
-import tempfile
 import warnings
 
 import keras
 import numpy as np
 
-from bit_keras import checkpoints, data, hyperrule
+from bit_keras import checkpoints, data, hyperrule, training
 from bit_keras.models import BiT
 
 FREEZE_POINTS = ("root", "block1", "block2", "block3", "block4", "head_only")
-EVALUATIONS_PER_RUN = 10  # "epochs" of a run: progress bars, validation and backups
 
 
 class BiTFineTuner:
@@ -36,21 +31,32 @@ class BiTFineTuner:
         base_lr: LR at batch 512 (0.003 in the rule).
         batch_split: accumulate gradients over this many micro-batches, so a
             batch of 512 fits in small memory. GroupNorm has no batch
-            statistics, so the update equals the whole batch's.
+            statistics, and mixup mixes the whole batch before it is split,
+            so the updates equal the whole batch's.
         rule: "paper" (448 -> 384 px for large images) or "official" (512 -> 480).
-        strategy: a `tf.distribute.Strategy` to build and train under.
+        strategy: where to train: "auto", "tpu", "mirrored", "multi_worker",
+            "default" or a `tf.distribute.Strategy` (see
+            `bit_keras.distribute.resolve_strategy`). `batch_size` stays the
+            global batch, split over the replicas; the LR does not change.
+        tpu: the TPU's name or grpc:// address, for strategy="tpu".
         mixed_precision: None, "mixed_bfloat16" or "mixed_float16"; needs a
             variant name, since an existing model keeps its dtype policy.
-        checkpoint_dir: where to back up training (a run resumes from there
-            after an interruption) and keep the best model (`best.keras`).
+        checkpoint_dir: where to back up training (a restart with the same
+            arguments resumes from the last backup and ends as an
+            uninterrupted run would) and keep the best model (`best.keras`).
+        backup_every: a backup every this many updates; ten per run by default.
         seed: seeds weights, the data order, augmentation and mixup.
         freeze: None (train everything), "head_only", or a stage ("root",
-            "block1".."block4"): that stage and all before it are frozen.
+            "block1".."block4"): that stage and all before it are frozen;
+            the final GroupNorm (`pre_head_gn`) and the head stay trainable,
+            so freeze="block4" trains those two only.
         weights: for a variant name, what to load: "release" (default: the
             released checkpoint of that name), None, or any `BiT` weights.
         steps: override the rule's number of steps (warm-up and decays scale
             with it), for quick runs and demos.
         sizes: override the rule's (resize, crop), for quick runs and demos.
+        zero_head: set the head to zeros first, as BiT fine-tuning does (True);
+            False keeps it, to continue an earlier fine-tune.
 
     Example:
 
@@ -73,36 +79,59 @@ class BiTFineTuner:
         batch_split=1,
         rule="paper",
         strategy=None,
+        tpu=None,
         mixed_precision=None,
         checkpoint_dir=None,
+        backup_every=None,
         seed=None,
         freeze=None,
         weights="release",
         steps=None,
         sizes=None,
+        zero_head=True,
     ):
-        if batch_split < 1 or batch_size % batch_split:
-            raise ValueError(f"batch_split={batch_split} must be a positive divisor of batch_size={batch_size}.")
         if freeze not in (None,) + FREEZE_POINTS:
             raise ValueError(f"freeze must be None or one of {FREEZE_POINTS}, got {freeze!r}.")
         hyperrule.resolution((1, 1), rule)  # validates the rule name now, not at fit time
-        self.dataset_size = dataset_size
+        self.engine = training.Engine(
+            batch_size=batch_size,
+            batch_split=batch_split,
+            strategy=strategy,
+            tpu=tpu,
+            checkpoint_dir=checkpoint_dir,
+            backup_every=backup_every,
+            seed=seed,
+        )
+        self.dataset_size = None if dataset_size is None else hyperrule.check_dataset_size(dataset_size)
         self.image_size = image_size
-        self.num_classes = num_classes
-        self.batch_size = batch_size
-        self.base_lr = base_lr
-        self.batch_split = batch_split
+        self.num_classes = None if num_classes is None else training.positive_int("num_classes", num_classes)
+        self.base_lr = training.positive_float("base_lr", base_lr)
         self.rule = rule
-        self.strategy = strategy
-        self.checkpoint_dir = checkpoint_dir
-        self.seed = seed
         self.freeze = freeze
-        self.steps = steps
+        self.steps = None if steps is None else training.positive_int("steps", steps)
         self.sizes = sizes
-        if seed is not None:
-            keras.utils.set_random_seed(seed)
-        self.model = self._build(model_or_variant, mixed_precision, weights)
+        self.model = self._build(model_or_variant, mixed_precision, weights, zero_head)
         self._compiled = False
+
+    @property
+    def batch_size(self):
+        return self.engine.batch_size
+
+    @property
+    def batch_split(self):
+        return self.engine.batch_split
+
+    @property
+    def strategy(self):
+        return self.engine.strategy
+
+    @property
+    def checkpoint_dir(self):
+        return self.engine.checkpoint_dir
+
+    @property
+    def seed(self):
+        return self.engine.seed
 
     # ------------------------------------------------------------- the rule's decisions
 
@@ -131,7 +160,7 @@ class BiTFineTuner:
 
     @property
     def learning_rate(self):
-        return self.hyperrule.learning_rate(steps_per_update=self.batch_split)
+        return self.hyperrule.learning_rate()
 
     # ------------------------------------------------------------------- training
 
@@ -148,60 +177,73 @@ class BiTFineTuner:
         source = self._source(train)
         self._adopt(source)
         rule = self.hyperrule
-        micro_batch = self.batch_size // self.batch_split
         print(rule)
-        if self.batch_split > 1:
-            print(f"  gradient accumulation over {self.batch_split} micro-batches of {micro_batch}")
-        pipeline = data.train_pipeline(
-            source,
-            resize=rule.resize,
-            crop=rule.crop,
-            batch_size=micro_batch,
-            mixup_alpha=rule.mixup_alpha,
-            seed=self.seed,
-        )
+        if self.batch_split > 1 or self.engine.replicas > 1:
+            print(
+                f"  global batch {self.batch_size}: {self.batch_split} micro-batch(es) of {self.engine.micro_batch} "
+                f"over {self.engine.replicas} replica(s)"
+            )
+
+        def make_train(start_batch):
+            return data.train_pipeline(
+                source,
+                resize=rule.resize,
+                crop=rule.crop,
+                batch_size=self.batch_size,
+                mixup_alpha=rule.mixup_alpha,
+                seed=self.engine.seed,
+                batch_split=self.batch_split,
+                start_batch=start_batch,
+            )
+
         validation = None
         if validation_data is not None:
-            validation = data.eval_pipeline(self._source(validation_data), crop=rule.crop, batch_size=micro_batch)
+            validation = data.eval_pipeline(self._source(validation_data), crop=rule.crop, batch_size=self.engine.micro_batch)
         self._compile()
-        micro_steps = rule.total_steps * self.batch_split
-        epochs = max(n for n in range(1, EVALUATIONS_PER_RUN + 1) if micro_steps % n == 0)
-        stop_on_nan = _StopOnNaN(self.checkpoint_dir)
-        all_callbacks = [stop_on_nan] + self._checkpoint_callbacks(validation is not None) + list(callbacks or [])
-        return self.model.fit(
-            pipeline,
-            validation_data=validation,
-            steps_per_epoch=micro_steps // epochs,
-            epochs=epochs,
-            callbacks=all_callbacks,
-            shuffle=False,  # the pipeline shuffles
+        fingerprint = {"dataset_size": self.dataset_size, "resolution": list(rule.resolution), "base_lr": self.base_lr}
+        return self.engine.fit(
+            self.model,
+            make_train,
+            rule.total_steps,
+            validation=validation,
+            fingerprint=fingerprint,
+            callbacks=callbacks or (),
             verbose=verbose,
         )
 
     def evaluate(self, data_source, verbose="auto"):
         """Loss and accuracy on `data_source` at the HyperRule's crop size, as a dict."""
         source = self._source(data_source)
-        pipeline = data.eval_pipeline(source, crop=self.hyperrule.crop, batch_size=self.batch_size // self.batch_split)
+        pipeline = data.eval_pipeline(source, crop=self.hyperrule.crop, batch_size=self.engine.micro_batch)
         self._compile()
-        return self.model.evaluate(pipeline, return_dict=True, verbose=verbose)
+        with self.engine.scope():
+            return self.model.evaluate(pipeline, return_dict=True, verbose=verbose)
 
     def predict(self, images, verbose=0):
         """Logits for images with pixels in [0, 255] (N, H, W, 3), resized to the crop size."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] not in (1, 3):
             raise ValueError(f"predict takes a batch of images (N, H, W, 3) with pixels in [0, 255]; got shape {images.shape}.")
+        if images.size and images.min() < 0:
+            raise ValueError(
+                f"predict takes pixels in [0, 255]; these images reach {images.min():g}. For images in [-1, 1] "
+                f"pass (images + 1) * 127.5, or call tuner.model.predict(images) directly."
+            )
+        if images.size and images.dtype != np.uint8 and images.max() <= 1:
+            warnings.warn(
+                f"predict takes pixels in [0, 255], but these images are at most {images.max():g}: if they are in "
+                f"[0, 1], pass images * 255.",
+                stacklevel=2,
+            )
         crop = self.hyperrule.crop
         resized = keras.ops.image.resize(images.astype("float32"), (crop, crop))
         if images.shape[-1] == 1:
             resized = keras.ops.repeat(resized, 3, axis=-1)
-        return self.model.predict((resized - 127.5) / 127.5, batch_size=self.batch_size // self.batch_split, verbose=verbose)
+        return self.model.predict((resized - 127.5) / 127.5, batch_size=self.engine.micro_batch, verbose=verbose)
 
     # ------------------------------------------------------------------ internals
 
-    def _scope(self):
-        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
-
-    def _build(self, model_or_variant, mixed_precision, weights):
+    def _build(self, model_or_variant, mixed_precision, weights, zero_head):
         if isinstance(model_or_variant, keras.Model):
             model = model_or_variant
             if mixed_precision and model.dtype_policy.name != mixed_precision:
@@ -210,8 +252,7 @@ class BiTFineTuner:
                     f"Pass the variant name instead of a model, or build it after "
                     f"keras.config.set_dtype_policy({mixed_precision!r})."
                 )
-            if self.strategy is not None:
-                model = self._rebuild_under_strategy(model)
+            model = self.engine.adopt(model)
         else:
             if weights == "release":
                 weights = model_or_variant if checkpoints.find_release(str(model_or_variant)) else None
@@ -221,24 +262,14 @@ class BiTFineTuner:
                         f"Pass weights= a checkpoint to transfer from one.",
                         stacklevel=3,
                     )
-            previous = keras.config.dtype_policy()
-            if mixed_precision:
-                keras.config.set_dtype_policy(mixed_precision)
-            try:
-                with self._scope():
-                    model = BiT(model_or_variant, weights=weights, num_classes=self.num_classes)
-            finally:
-                keras.config.set_dtype_policy(previous)
+            model = self.engine.build(
+                lambda: BiT(model_or_variant, weights=weights, num_classes=self.num_classes), mixed_precision
+            )
         self._check_head(model)
-        self._zero_head(model)
+        if zero_head:
+            self._zero_head(model)
         self._apply_freeze(model)
         return model
-
-    def _rebuild_under_strategy(self, model):
-        with self.strategy.scope():
-            clone = keras.models.clone_model(model)
-        clone.set_weights(model.get_weights())
-        return clone
 
     def _check_head(self, model):
         if "head" not in {layer.name for layer in model.layers}:
@@ -271,43 +302,16 @@ class BiTFineTuner:
     def _compile(self):
         if self._compiled:
             return
-        with self._scope():
-            optimizer = keras.optimizers.SGD(
-                learning_rate=self.learning_rate,
-                momentum=0.9,
-                gradient_accumulation_steps=self.batch_split if self.batch_split > 1 else None,
-            )
-            self.model.compile(
-                optimizer=optimizer,
-                loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-            )
+        self.engine.compile(
+            self.model,
+            self.engine.optimizer(self.learning_rate),
+            keras.losses.CategoricalCrossentropy(from_logits=True),
+            [keras.metrics.CategoricalAccuracy(name="accuracy")],
+        )
         self._compiled = True
 
-    def _checkpoint_callbacks(self, has_validation):
-        if self.checkpoint_dir is None:
-            return []
-        os.makedirs(self.checkpoint_dir, exist_ok=True)
-        return [
-            keras.callbacks.BackupAndRestore(os.path.join(self.checkpoint_dir, "backup"), delete_checkpoint=False),
-            _KeepBest(os.path.join(self.checkpoint_dir, "best.keras"), "val_accuracy" if has_validation else "loss"),
-        ]
-
     def _source(self, train):
-        if isinstance(train, data.Source):
-            return train
-        if isinstance(train, (tuple, list)) and len(train) == 2:
-            return data.from_arrays(np.asarray(train[0]), np.asarray(train[1]), num_classes=self.num_classes)
-        import tensorflow as tf
-
-        if isinstance(train, tf.data.Dataset):
-            if self.dataset_size is None or self.num_classes is None:
-                raise ValueError("With a tf.data.Dataset, pass dataset_size= and num_classes= to BiTFineTuner.")
-            return data.Source(train, self.dataset_size, self.num_classes)
-        raise TypeError(
-            f"Training data must be a bit_keras.data.Source, (images, labels) arrays or a tf.data.Dataset "
-            f"of (image, label) pairs; got {type(train).__name__}."
-        )
+        return data.as_source(train, self.num_classes, self.dataset_size)
 
     def _adopt(self, source):
         if source.num_classes != self.num_classes:
@@ -317,46 +321,3 @@ class BiTFineTuner:
         if self.image_size is None:
             image, _ = next(iter(source.dataset.take(1)))
             self.image_size = tuple(int(d) for d in image.shape[:2])
-
-
-class _StopOnNaN(keras.callbacks.Callback):
-    """Raises on a NaN or infinite loss, before anything is saved from the bad weights."""
-
-    def __init__(self, checkpoint_dir):
-        super().__init__()
-        self.checkpoint_dir = checkpoint_dir
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            kept = f"the last good backup is kept in {self.checkpoint_dir}" if self.checkpoint_dir else "no checkpoint_dir was set"
-            raise FloatingPointError(
-                f"The training loss became {float(loss)} at batch {batch}; {kept}. Lower base_lr, "
-                f"or use batch_split= instead of a smaller batch_size."
-            )
-
-
-class _KeepBest(keras.callbacks.Callback):
-    """Saves the model when the monitored metric improves, via a temporary file."""
-
-    def __init__(self, path, monitor):
-        super().__init__()
-        self.path = path
-        self.monitor = monitor
-        self.best = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None:
-            return
-        better = self.best is None or (value > self.best if "acc" in self.monitor else value < self.best)
-        if better:
-            self.best = value
-            fd, tmp = tempfile.mkstemp(suffix=".keras", dir=os.path.dirname(self.path))
-            os.close(fd)
-            try:
-                self.model.save(tmp)
-                os.replace(tmp, self.path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)

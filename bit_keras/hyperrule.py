@@ -8,6 +8,7 @@ warm-up, the learning-rate decays and mixup follow from the dataset size.
 """
 
 import dataclasses
+import numbers
 
 import keras
 from keras import ops
@@ -59,7 +60,7 @@ def schedule(dataset_size):
     >>> schedule(50_000)
     Schedule(warmup_steps=500, boundaries=(3000, 6000, 9000), total_steps=10000)
     """
-    _check_size(dataset_size)
+    dataset_size = check_dataset_size(dataset_size)
     for limit, total, warmup, boundaries in SCHEDULES:
         if dataset_size < limit:
             return Schedule(warmup, boundaries, total)
@@ -67,13 +68,17 @@ def schedule(dataset_size):
 
 def mixup_alpha(dataset_size):
     """Mixup's Beta(a, a) parameter: 0 (no mixup) below 20k examples, 0.1 otherwise."""
-    _check_size(dataset_size)
+    dataset_size = check_dataset_size(dataset_size)
     return 0.0 if dataset_size < MIXUP_THRESHOLD else MIXUP_ALPHA
 
 
-def _check_size(dataset_size):
-    if not isinstance(dataset_size, int) or dataset_size < 1:
-        raise ValueError(f"dataset_size must be a positive number of training examples, got {dataset_size!r}.")
+def check_dataset_size(dataset_size):
+    """`dataset_size` as an int: a positive integer of any kind (NumPy's too), never a float or bool."""
+    if isinstance(dataset_size, bool) or not isinstance(dataset_size, numbers.Integral) or dataset_size < 1:
+        raise ValueError(
+            f"dataset_size must be a positive integer (the number of training examples), got {dataset_size!r}."
+        )
+    return int(dataset_size)
 
 
 @keras.saving.register_keras_serializable(package="bit_keras")

@@ -44,11 +44,20 @@ def test_hyperrule_decisions_for_cifar10_sized_data():
     np.testing.assert_allclose(got, [official_lr(s, 50_000) for s in steps], rtol=1e-6, atol=1e-12)
 
 
-def test_head_is_zeroed_and_decisions_need_sizes():
-    model = bit_keras.BiT(TINY, num_classes=2)
-    model.get_layer("head").bias.assign([1.0, -1.0])
-    tuner = BiTFineTuner(model)
-    assert not np.any(keras.ops.convert_to_numpy(model.get_layer("head").bias))
+def test_head_is_zeroed_unless_kept_and_decisions_need_sizes():
+    head = {"kernel": np.full((2048, 2), 0.5, "float32"), "bias": np.array([1.0, -1.0], "float32")}
+
+    def model_with_a_head():
+        model = bit_keras.BiT(TINY, num_classes=2)
+        model.get_layer("head").set_weights([head["kernel"], head["bias"]])
+        return model
+
+    tuner = BiTFineTuner(model_with_a_head())
+    for weight in tuner.model.get_layer("head").get_weights():
+        assert weight.any() == False  # noqa: E712  (every entry zero)
+    kept = BiTFineTuner(model_with_a_head(), zero_head=False).model.get_layer("head").get_weights()
+    np.testing.assert_array_equal(kept[0], head["kernel"])
+    np.testing.assert_array_equal(kept[1], head["bias"])
     with pytest.raises(ValueError, match="dataset_size= and image_size="):
         tuner.total_steps
 
@@ -68,25 +77,18 @@ def test_fine_tunes_a_separable_task_well_above_chance(capsys):
 
 
 @pytest.mark.backends
-def test_batch_split_gives_the_same_update_as_the_whole_batch():
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (8, 32, 32, 3)).astype("float32")
-    y = np.eye(2)[rng.integers(0, 2, 8)].astype("float32")
-    reference = bit_keras.BiT(TINY, num_classes=2)
-    for variable in reference.get_layer("head").weights:
-        variable.assign(rng.standard_normal(variable.shape).astype("float32") * 0.1)
+def test_batch_split_gives_the_updates_of_the_whole_batch_with_mixup_on():
+    images, labels = colour_task(32)
     finals = []
     for split in (1, 4):
-        model = keras.models.clone_model(reference)
-        model.set_weights(reference.get_weights())
-        tuner = BiTFineTuner(model, dataset_size=1_000, image_size=(32, 32), batch_size=8, batch_split=split, steps=5, base_lr=3.0)
-        model.get_layer("head").set_weights(reference.get_layer("head").get_weights())  # undo the zeroing
-        tuner._compile()
-        model.fit(x, y, batch_size=8 // split, epochs=3, shuffle=False, verbose=0)
-        assert int(model.optimizer.iterations) == 3
-        finals.append(model.get_weights())
-    moved = [np.abs(a - b).max() for a, b in zip(finals[0], reference.get_weights())]
-    assert max(moved) > 1e-3  # the steps did something
+        # dataset_size >= 20k turns mixup on; it must mix the whole batch, not each micro-batch.
+        tuner = tuner_for(batch_size=8, batch_split=split, steps=4, base_lr=3.0, dataset_size=20_000, image_size=(12, 12))
+        assert tuner.mixup_alpha > 0
+        tuner.fit((images, labels), verbose=0)
+        assert int(keras.ops.convert_to_numpy(tuner.model.optimizer.iterations)) == 4  # updates, not micro-steps
+        finals.append(tuner.model.get_weights())
+    initial = tuner_for().model.get_weights()
+    assert max(np.abs(a - b).max() for a, b in zip(finals[0], initial)) > 1e-3  # the updates did something
     for whole, split in zip(*finals):
         np.testing.assert_allclose(split, whole, rtol=1e-4, atol=1e-5)
 
@@ -97,24 +99,59 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def test_resumes_after_an_interrupted_fit(tmp_path):
+def backups(folder):
+    return sorted(os.listdir(folder / "backup"))
+
+
+def test_resumes_after_an_interrupted_fit_and_ends_as_an_uninterrupted_run(tmp_path):
     images, labels = colour_task(32)
+    uninterrupted = tuner_for(steps=10)
+    uninterrupted.fit((images, labels), verbose=0)
     tuner = tuner_for(checkpoint_dir=str(tmp_path), steps=10)
     with pytest.raises(KeyboardInterrupt):
-        tuner.fit((images, labels), callbacks=[_Interrupt()])
-    with open(tmp_path / "backup" / "training_metadata.json") as f:
-        assert json.load(f)["epoch"] == 3  # three epochs completed
+        tuner.fit((images, labels), callbacks=[_Interrupt()], verbose=0)
+    assert backups(tmp_path) == ["step-000000002", "step-000000003"]  # the newest two of three
     resumed = tuner_for(checkpoint_dir=str(tmp_path), steps=10)
-    history = resumed.fit((images, labels))
-    assert len(history.history["loss"]) == 7  # epochs 3..9 of 10
-    assert int(resumed.model.optimizer.iterations) == 10
+    history = resumed.fit((images, labels), verbose=0)
+    assert len(history.history["loss"]) == 7  # epochs 4..10 of 10
+    assert int(keras.ops.convert_to_numpy(resumed.model.optimizer.iterations)) == 10
+    for got, expected in zip(resumed.model.get_weights(), uninterrupted.model.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert os.path.exists(tmp_path / "best.keras")
+    with pytest.warns(UserWarning, match="finished run"):
+        assert tuner_for(checkpoint_dir=str(tmp_path), steps=10).fit((images, labels), verbose=0).history == {}
 
 
-def test_best_model_is_kept_with_validation(tmp_path):
+def test_a_backup_of_other_arguments_or_a_damaged_one_is_refused_by_name(tmp_path):
+    images, labels = colour_task(32)
+    tuner_for(checkpoint_dir=str(tmp_path), steps=4).fit((images, labels), verbose=0)
+    newest = tmp_path / "backup" / backups(tmp_path)[-1]
+    with pytest.raises(ValueError, match="total_steps=4 there, 6 now"):
+        tuner_for(checkpoint_dir=str(tmp_path), steps=6).fit((images, labels), verbose=0)
+    with pytest.raises(ValueError, match="seed=0, this run has seed=1"):
+        tuner_for(checkpoint_dir=str(tmp_path), steps=4, seed=1).fit((images, labels), verbose=0)
+    weights = newest / "state.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=f"backup {newest} is damaged: its weights do not load.*Delete {newest}"):
+        tuner_for(checkpoint_dir=str(tmp_path), steps=4).fit((images, labels), verbose=0)
+    weights.unlink()
+    with pytest.raises(ValueError, match="has no state.weights.h5"):
+        tuner_for(checkpoint_dir=str(tmp_path), steps=4).fit((images, labels), verbose=0)
+    (newest / "state.json").write_text("{garbled")
+    with pytest.raises(ValueError, match="state.json is missing or garbled"):
+        tuner_for(checkpoint_dir=str(tmp_path), steps=4).fit((images, labels), verbose=0)
+
+
+def test_best_model_is_the_best_of_the_whole_run_across_a_resume(tmp_path):
     images, labels = colour_task(32)
     tuner = tuner_for(checkpoint_dir=str(tmp_path), steps=10, base_lr=0.3)
-    tuner.fit((images, labels), validation_data=(images, labels))
+    with pytest.raises(KeyboardInterrupt):
+        tuner.fit((images, labels), validation_data=(images, labels), callbacks=[_Interrupt()], verbose=0)
+    first = tuner.model.history.history["val_accuracy"]
+    resumed = tuner_for(checkpoint_dir=str(tmp_path), steps=10, base_lr=0.3)
+    second = resumed.fit((images, labels), validation_data=(images, labels), verbose=0).history["val_accuracy"]
+    with open(tmp_path / "backup" / backups(tmp_path)[-1] / "state.json") as f:
+        assert json.load(f)["best"] == max(first[:3] + second)
     best = keras.saving.load_model(tmp_path / "best.keras", compile=False)
     assert best.output.shape == (None, 2)
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".keras") and name != "best.keras"]
@@ -134,30 +171,58 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_backup(tmp_path):
     tuner = tuner_for(checkpoint_dir=str(tmp_path), steps=10)
     with pytest.raises(FloatingPointError, match="loss became nan .* last good backup is kept"):
         tuner.fit((images, labels), callbacks=[_PoisonWeights()])
-    with open(tmp_path / "backup" / "training_metadata.json") as f:
-        assert json.load(f)["epoch"] == 2  # written before the weights went bad
+    assert backups(tmp_path)[-1] == "step-000000002"  # written before the weights went bad
     resumed = tuner_for(checkpoint_dir=str(tmp_path), steps=10)
     history = resumed.fit((images, labels), verbose=0)
     assert len(history.history["loss"]) == 8 and np.isfinite(history.history["loss"]).all()
 
 
-@pytest.mark.parametrize("freeze,frozen,trained", [("head_only", "block4", "head"), ("block2", "block2", "block3")])
-def test_freeze_from_a_chosen_depth(freeze, frozen, trained):
+def stage_of(layer_name):
+    return "root" if layer_name.startswith("root") else layer_name.split("_")[0]
+
+
+@pytest.mark.parametrize("freeze", ["head_only", "block2", "block4"])
+def test_freeze_from_a_chosen_depth(freeze):
     images, labels = colour_task(32)
     tuner = tuner_for(freeze=freeze, steps=4, base_lr=0.3)
-    before_frozen, before_trained = weights_of(tuner.model, frozen), weights_of(tuner.model, trained)
+    frozen_stages = {"head_only": None, "block2": {"root", "block1", "block2"}, "block4": {"root", "block1", "block2", "block3", "block4"}}[freeze]
+    for layer in tuner.model.layers:
+        if not layer.weights:
+            continue
+        if freeze == "head_only":
+            expected = layer.name == "head"
+        else:  # the stage and all before it are frozen; later stages, pre_head_gn and the head train
+            expected = stage_of(layer.name) not in frozen_stages
+        assert layer.trainable == expected, layer.name
+    before = {layer.name: [w.copy() for w in layer.get_weights()] for layer in tuner.model.layers if layer.weights}
     tuner.fit((images, labels), verbose=0)
-    for a, b in zip(before_frozen, weights_of(tuner.model, frozen)):
-        np.testing.assert_array_equal(a, b)
-    assert any(not np.array_equal(a, b) for a, b in zip(before_trained, weights_of(tuner.model, trained)))
+    for layer in tuner.model.layers:
+        if layer.name in before:
+            changed = any(not np.array_equal(a, b) for a, b in zip(before[layer.name], layer.get_weights()))
+            if not layer.trainable:
+                assert not changed, layer.name
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(before["head"], tuner.model.get_layer("head").get_weights())
+    )
 
 
 def test_bad_arguments_are_refused():
     model = bit_keras.BiT(TINY, num_classes=2)
     with pytest.raises(ValueError, match="num_classes=3"):
         BiTFineTuner(model, num_classes=3)
-    with pytest.raises(ValueError, match="positive divisor"):
+    with pytest.raises(ValueError, match="batch_size=512 must divide into batch_split=3"):
         BiTFineTuner(model, batch_split=3)
+    with pytest.raises(ValueError, match="batch_split must be a positive integer, got 2.0"):
+        BiTFineTuner(model, batch_split=2.0)
+    for bad in (0, -4, 8.0, "16"):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            BiTFineTuner(model, batch_size=bad)
+    for bad in (0, -0.1, float("nan"), "0.003"):
+        with pytest.raises(ValueError, match="base_lr must be a positive"):
+            BiTFineTuner(model, base_lr=bad)
+    with pytest.raises(ValueError, match="dataset_size must be a positive integer"):
+        BiTFineTuner(model, dataset_size=32.0)
+    assert BiTFineTuner(model, dataset_size=np.int64(32), image_size=(8, 8)).total_steps == 500
     with pytest.raises(ValueError, match="freeze must be"):
         BiTFineTuner(model, freeze="block9")
     with pytest.raises(ValueError, match="include_top=True"):
@@ -165,6 +230,20 @@ def test_bad_arguments_are_refused():
     images, labels = colour_task(8)
     with pytest.raises(ValueError, match="3 classes"):
         tuner_for().fit(data.from_arrays(images, labels, num_classes=3))
+
+
+def test_labels_beyond_the_head_and_pixels_outside_0_255_are_refused():
+    import tensorflow as tf
+
+    images, labels = colour_task(16)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels + 1))  # labels 1 and 2 for a 2-class head
+    tuner = tuner_for(dataset_size=16, num_classes=2, steps=2)
+    with pytest.raises(Exception, match=r"labels must be class ids in \[0, 2\)"):
+        tuner.fit(dataset, verbose=0)
+    with pytest.raises(ValueError, match=r"pixels in \[0, 255\]; these images reach -1"):
+        tuner.predict(images / 127.5 - 1)
+    with pytest.warns(UserWarning, match=r"at most 0\.97.*: if they are in \[0, 1\], pass images \* 255"):
+        tuner.predict(images / 255.0)
 
 
 def test_variant_name_with_weights_file_and_mixed_precision(tmp_path):

@@ -1,0 +1,179 @@
+"""Where training runs: one name for each kind of hardware, on every backend.
+
+`resolve_strategy` turns "auto", "tpu", "mirrored", "multi_worker" or
+"default" into a `tf.distribute.Strategy` under the TensorFlow backend, or a
+`keras.distribution.DataParallel` under JAX. Both have `scope()`, which is all
+the training engine needs besides `num_replicas`.
+
+Example:
+
+>>> strategy = resolve_strategy("default")
+>>> num_replicas(strategy)
+1
+"""
+
+import contextlib
+import json
+import os
+
+import keras
+
+NAMES = ("auto", "tpu", "mirrored", "multi_worker", "default")
+
+
+def resolve_strategy(spec="auto", tpu=None):
+    """The strategy (TensorFlow) or distribution (JAX) that `spec` names.
+
+    Args:
+        spec: "auto" (a reachable TPU, else all local GPUs, else the default
+            strategy), "tpu" (a Cloud TPU through `TPUClusterResolver`),
+            "mirrored" (all local GPUs; all logical CPU devices when there is
+            no GPU), "multi_worker" (`MultiWorkerMirroredStrategy` from the
+            `TF_CONFIG` environment variable), "default" (no distribution), or
+            a `tf.distribute.Strategy` / `keras.distribution.Distribution`,
+            returned as is. None means "default".
+        tpu: the TPU's name or `grpc://` address for "tpu" (and "auto");
+            None looks it up from the environment, as on a Cloud TPU VM.
+
+    Returns:
+        A `tf.distribute.Strategy` under the TensorFlow backend; under JAX a
+        `keras.distribution.DataParallel`, or None for a single device.
+    """
+    if spec is None:
+        spec = "default"
+    if not isinstance(spec, str):
+        return _check_instance(spec)
+    if spec not in NAMES:
+        raise ValueError(f"strategy must be one of {NAMES} or a tf.distribute.Strategy instance, got {spec!r}.")
+    if keras.backend.backend() == "jax":
+        return _jax_distribution(spec)
+    if keras.backend.backend() != "tensorflow":
+        if spec in ("default", "auto"):
+            return None
+        raise ValueError(
+            f"strategy={spec!r} needs the TensorFlow or JAX backend of Keras; this process runs "
+            f"{keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow (or jax) before keras is imported."
+        )
+    return _tf_strategy(spec, tpu)
+
+
+def num_replicas(strategy):
+    """How many copies of the model one optimizer update is spread over."""
+    if strategy is None:
+        return 1
+    if hasattr(strategy, "num_replicas_in_sync"):
+        return int(strategy.num_replicas_in_sync)
+    return int(len(strategy.device_mesh.devices.flatten()))
+
+
+def is_chief():
+    """Whether this process writes backups and files: the chief (or worker 0) of `TF_CONFIG`, JAX process 0."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.process_index() == 0
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task") or {}
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    if "chief" in config.get("cluster", {}):
+        return kind == "chief"
+    return kind == "worker" and index == 0
+
+
+def scope(strategy):
+    """The strategy's scope, or a no-op one for a single device."""
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def _check_instance(spec):
+    backend = keras.backend.backend()
+    if isinstance(spec, keras.distribution.Distribution):
+        if backend != "jax":
+            raise ValueError(
+                f"A keras.distribution.{type(spec).__name__} distributes the JAX backend; this process runs "
+                f"{backend!r}. Pass a strategy name such as 'mirrored' instead, or set KERAS_BACKEND=jax."
+            )
+        return spec
+    if type(spec).__module__.startswith("tensorflow"):
+        if backend != "tensorflow":
+            raise ValueError(
+                f"A tf.distribute.{type(spec).__name__} needs the TensorFlow backend; this process runs {backend!r}. "
+                f"Pass a strategy name such as 'mirrored' (DataParallel over the devices), or set KERAS_BACKEND=tensorflow."
+            )
+        return spec
+    raise TypeError(
+        f"strategy must be a name in {NAMES}, a tf.distribute.Strategy or a keras.distribution.Distribution; "
+        f"got {type(spec).__name__}."
+    )
+
+
+def _tf_strategy(spec, tpu):
+    import tensorflow as tf
+
+    if spec == "default":
+        return tf.distribute.get_strategy()
+    if spec == "tpu" or (spec == "auto" and (tpu or _tpu_in_environment())):
+        return _tpu_strategy(tpu, required=spec == "tpu")
+    if spec == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError(
+                "strategy='multi_worker' reads the cluster from the TF_CONFIG environment variable, which is not set. "
+                "On each host set TF_CONFIG='{\"cluster\": {\"worker\": [\"host1:port\", \"host2:port\"]}, "
+                "\"task\": {\"type\": \"worker\", \"index\": i}}' (see the README), or use strategy='mirrored' on one host."
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if spec == "auto":
+        return tf.distribute.MirroredStrategy([d.name for d in gpus]) if gpus else tf.distribute.get_strategy()
+    devices = gpus or tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+def _tpu_in_environment():
+    return bool(os.environ.get("TPU_NAME") or os.environ.get("TPU_ACCELERATOR_TYPE") or os.path.exists("/dev/accel0"))
+
+
+def _tpu_strategy(tpu, required):
+    import tensorflow as tf
+
+    try:
+        if not (tpu or _tpu_in_environment()):
+            # Without a name or a local TPU the resolver would ask the GCE metadata server: fail fast instead.
+            raise ValueError("no tpu= given, no TPU_NAME set and no /dev/accel* device")
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        if not required:
+            return _tf_strategy("mirrored" if tf.config.list_logical_devices("GPU") else "default", None)
+        where = f"tpu={tpu!r}" if tpu else "a local TPU (/dev/accel*) or the TPU_NAME environment variable"
+        raise ValueError(
+            f"strategy='tpu' found no TPU: looked for {where} ({type(error).__name__}: {error}). Run on a Cloud TPU VM, "
+            f"pass tpu= the TPU's name or grpc:// address, or choose strategy='mirrored' or 'default'."
+        ) from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def _jax_distribution(spec):
+    import jax
+
+    if spec == "multi_worker":
+        raise ValueError(
+            "strategy='multi_worker' is TF_CONFIG-based tf.distribute, so it needs the TensorFlow backend. Under JAX, "
+            "call jax.distributed.initialize() on each host and pass strategy='auto' (DataParallel over all devices), "
+            "or set KERAS_BACKEND=tensorflow."
+        )
+    if spec == "default":
+        return None
+    if spec == "tpu":
+        devices = [d for d in jax.devices() if d.platform == "tpu"]
+        if not devices:
+            raise ValueError(
+                f"strategy='tpu' found no TPU among JAX's devices ({', '.join(sorted({d.platform for d in jax.devices()}))}). "
+                f"Run on a Cloud TPU VM with jax[tpu] installed, or choose strategy='mirrored' or 'default'."
+            )
+    else:
+        devices = jax.devices()
+    if len(devices) == 1 and spec == "auto":
+        return None
+    return keras.distribution.DataParallel(devices=devices)

@@ -1,0 +1,208 @@
+"""`BiTPretrainer`: the BiT-S / BiT-M upstream recipe on the training engine.
+
+The recipe (paper section 3.1): SGD with momentum 0.9, LR 0.03 * batch / 256 at
+batch 4096, weight decay 1e-4, linear warm-up over 5000 steps, x0.1 at epochs
+30, 60 and 80 of 90; Inception-style random crops and flips at 224 px.
+`epochs=` and `steps=` shorten a run with its decays in proportion; the
+warm-up keeps its share of the ILSVRC-2012 run (5000 of its 28,150 steps),
+up to 5000 steps.
+"""
+
+import dataclasses
+
+import keras
+
+from bit_keras import data, hyperrule, training
+from bit_keras.models import BiT
+
+UPSTREAM_BATCH_SIZE = 4096
+BASE_LR = 0.03  # at batch 256, scaled linearly with the batch
+WEIGHT_DECAY = 1e-4
+EPOCHS = 90
+DECAY_EPOCHS = (30, 60, 80)
+WARMUP_STEPS = 5000
+ILSVRC_STEPS = EPOCHS * 1_281_167 // UPSTREAM_BATCH_SIZE  # the reference run: 28,150 steps, 5000 of them warm-up
+
+
+@dataclasses.dataclass(frozen=True)
+class UpstreamSchedule:
+    """Steps and learning rate of one upstream run.
+
+    >>> schedule = upstream_schedule(1_281_167)
+    >>> schedule.total_steps, schedule.warmup_steps, schedule.boundaries, schedule.peak_lr
+    (28151, 5000, (9384, 18767, 25023), 0.48)
+    """
+
+    dataset_size: int
+    batch_size: int
+    total_steps: int
+    warmup_steps: int
+    boundaries: tuple
+    peak_lr: float
+    weight_decay: float
+
+    def learning_rate(self):
+        return hyperrule.HyperRuleLearningRate(self.peak_lr, self.warmup_steps, self.boundaries, self.total_steps)
+
+    def __str__(self):
+        epochs = self.total_steps * self.batch_size / self.dataset_size
+        rows = [
+            ("dataset", f"{self.dataset_size:,} examples"),
+            ("steps", f"{self.total_steps:,} at batch {self.batch_size} ({epochs:.1f} epochs)"),
+            ("warm-up", f"{self.warmup_steps:,} steps, linear from 0"),
+            ("learning rate", f"{self.peak_lr:g}, x0.1 after steps {', '.join(f'{b:,}' for b in self.boundaries)}"),
+            ("weight decay", f"{self.weight_decay:g}"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        return "BiT upstream recipe\n" + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
+def upstream_schedule(dataset_size, batch_size=UPSTREAM_BATCH_SIZE, base_lr=BASE_LR, weight_decay=WEIGHT_DECAY, epochs=EPOCHS, steps=None):
+    """The upstream schedule for `epochs` (or exactly `steps`) over `dataset_size` examples.
+
+    >>> upstream_schedule(900, batch_size=64, epochs=9).boundaries
+    (42, 85, 113)
+    """
+    dataset_size = hyperrule.check_dataset_size(dataset_size)
+    batch_size = training.positive_int("batch_size", batch_size)
+    if steps is None:
+        steps = max(1, round(training.positive_float("epochs", epochs) * dataset_size / batch_size))
+    steps = training.positive_int("steps", steps)
+    boundaries = tuple(round(steps * epoch / EPOCHS) for epoch in DECAY_EPOCHS)
+    warmup = min(WARMUP_STEPS, round(steps * WARMUP_STEPS / ILSVRC_STEPS))
+    peak_lr = training.positive_float("base_lr", base_lr) * batch_size / 256
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
+    return UpstreamSchedule(dataset_size, batch_size, steps, warmup, boundaries, peak_lr, float(weight_decay))
+
+
+class BiTPretrainer:
+    """Pre-trains a BiT upstream with the BiT-S/M recipe; its `model` then transfers.
+
+    It runs on the same engine as `BiTFineTuner`: `strategy`, `batch_size`
+    as the global batch with `batch_split`, `mixed_precision`, backups and
+    exact resume with `checkpoint_dir` / `backup_every`, the NaN stop. The
+    result is a normal bit_keras model, for `save_official`, `.keras` files
+    and `hub_export.export`.
+
+    Args:
+        model_or_variant: a `bit_keras.BiT` model, or a variant name /
+            `bit_keras.Variant` built with fresh weights.
+        num_classes: upstream classes; read from the data when None.
+        batch_size, base_lr, weight_decay: the recipe's 4096, 0.03 (per 256
+            examples) and 1e-4.
+        epochs: the run's length (90 in the recipe); decays scale with it.
+        steps: the run's length in updates, instead of `epochs`.
+        image_size: side of the training crops (224 in the recipe).
+        batch_split, strategy, tpu, mixed_precision, checkpoint_dir,
+        backup_every, seed: as for `BiTFineTuner`.
+
+    Example:
+
+    >>> import numpy as np, bit_keras
+    >>> pretrainer = bit_keras.BiTPretrainer(bit_keras.Variant((1, 1, 1, 1)), num_classes=3, batch_size=4, steps=2, image_size=32)
+    >>> history = pretrainer.fit((np.zeros((8, 40, 40, 3), "uint8"), np.arange(8) % 3), verbose=0)
+    BiT upstream recipe
+      dataset        8 examples
+      steps          2 at batch 4 (1.0 epochs)
+      warm-up        0 steps, linear from 0
+      learning rate  0.00046875, x0.1 after steps 1, 1, 2
+      weight decay   0.0001
+    >>> pretrainer.model.output.shape
+    (None, 3)
+    """
+
+    def __init__(
+        self,
+        model_or_variant,
+        *,
+        num_classes=None,
+        batch_size=UPSTREAM_BATCH_SIZE,
+        base_lr=BASE_LR,
+        weight_decay=WEIGHT_DECAY,
+        epochs=EPOCHS,
+        steps=None,
+        image_size=224,
+        batch_split=1,
+        strategy=None,
+        tpu=None,
+        mixed_precision=None,
+        checkpoint_dir=None,
+        backup_every=None,
+        seed=None,
+    ):
+        self.engine = training.Engine(
+            batch_size=batch_size,
+            batch_split=batch_split,
+            strategy=strategy,
+            tpu=tpu,
+            checkpoint_dir=checkpoint_dir,
+            backup_every=backup_every,
+            seed=seed,
+        )
+        upstream_schedule(1, batch_size, base_lr, weight_decay, epochs, steps)  # validates the recipe's numbers now
+        self.base_lr, self.weight_decay, self.epochs, self.steps = base_lr, weight_decay, epochs, steps
+        self.image_size = training.positive_int("image_size", image_size)
+        self.num_classes = None if num_classes is None else training.positive_int("num_classes", num_classes)
+        self.mixed_precision = mixed_precision
+        self._variant = None
+        self.model = None
+        if isinstance(model_or_variant, keras.Model):
+            self.model = self.engine.adopt(model_or_variant)
+        else:
+            self._variant = model_or_variant
+            if self.num_classes is not None:
+                self._build()
+
+    def schedule(self, dataset_size):
+        """The `UpstreamSchedule` this pretrainer runs over `dataset_size` examples."""
+        return upstream_schedule(dataset_size, self.engine.batch_size, self.base_lr, self.weight_decay, self.epochs, self.steps)
+
+    def fit(self, train, validation_data=None, callbacks=None, verbose="auto"):
+        """Pre-trains on `train` (a `data.Source` or (images, labels) arrays in [0, 255]); returns the `History`."""
+        source = data.as_source(train, self.num_classes)
+        if self.model is None:
+            self.num_classes = source.num_classes
+            self._build()
+        classes = self.model.output.shape[-1]
+        if source.num_classes != classes:
+            raise ValueError(f"The data has {source.num_classes} classes but the model's head has {classes}.")
+        schedule = self.schedule(source.num_examples)
+        print(schedule)
+        self.engine.compile(
+            self.model,
+            self.engine.optimizer(schedule.learning_rate(), schedule.weight_decay),
+            keras.losses.CategoricalCrossentropy(from_logits=True),
+            [keras.metrics.CategoricalAccuracy(name="accuracy")],
+        )
+
+        def make_train(start_batch):
+            return data.upstream_pipeline(
+                source,
+                image_size=self.image_size,
+                batch_size=self.engine.batch_size,
+                seed=self.engine.seed,
+                batch_split=self.engine.batch_split,
+                start_batch=start_batch,
+            )
+
+        validation = None
+        if validation_data is not None:
+            validation = data.eval_pipeline(
+                data.as_source(validation_data, classes), crop=self.image_size, batch_size=self.engine.micro_batch
+            )
+        fingerprint = {"dataset_size": source.num_examples, "image_size": self.image_size, "base_lr": self.base_lr}
+        return self.engine.fit(
+            self.model,
+            make_train,
+            schedule.total_steps,
+            validation=validation,
+            fingerprint=fingerprint,
+            callbacks=callbacks or (),
+            verbose=verbose,
+        )
+
+    def _build(self):
+        self.model = self.engine.build(
+            lambda: BiT(self._variant, weights=None, num_classes=self.num_classes), self.mixed_precision
+        )

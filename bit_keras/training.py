@@ -1,0 +1,428 @@
+"""The one training engine under `BiTFineTuner` and `BiTPretrainer`.
+
+A trainer brings a recipe: the model, the optimizer, the number of optimizer
+updates and an input stream that can start at any update. The engine owns the
+rest, the same for both trainers:
+
+- where it runs: a strategy name or instance (`distribute.resolve_strategy`),
+  every variable built and every step run under it;
+- the global batch: `batch_size` examples per optimizer update, split over
+  the replicas and over `batch_split` micro-batches (gradient accumulation).
+  GroupNorm has no batch statistics, so the updates do not depend on the split;
+- backups: atomic, step-numbered, the newest two kept; a restart with the
+  same arguments restores weights, optimizer, step, seed, the position in the
+  input stream and the best-model tracking, so it ends where an uninterrupted
+  run would;
+- the NaN stop, checked every few steps rather than every step;
+- the best model, `best.keras`, written through a temporary file.
+"""
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+
+import keras
+import numpy as np
+
+from bit_keras import distribute
+
+BACKUP_FOLDER = "backup"
+BEST_MODEL = "best.keras"
+EVALUATIONS_PER_RUN = 10  # "epochs" of a run: progress bars, validation and backups
+NAN_CHECK_EVERY = 10  # steps between reads of the loss; every read waits for the device
+_STATE = "state.json"
+_WEIGHTS = "state.weights.h5"
+
+
+def positive_int(name, value):
+    """`value` as an int, or a ValueError naming `name` (integers of any kind; not floats or bools)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def positive_float(name, value):
+    """`value` as a float, or a ValueError naming `name`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive, finite number, got {value!r}.")
+    return float(value)
+
+
+@keras.saving.register_keras_serializable(package="bit_keras")
+class AccumulatingSGD(keras.optimizers.Optimizer):
+    """SGD with momentum and L2 weight decay, updating once per `accumulation_steps` micro-batches.
+
+    Keras' own `gradient_accumulation_steps` applies the update inside a
+    conditional, which tf.distribute refuses (the gradients' all-reduce would
+    sit inside it). Here every micro-step runs the same unconditional
+    arithmetic, masked to change the weights and the momentum only on the
+    last micro-step of an update, so it runs on one device, on replicas and
+    on JAX alike. The update is that of `keras.optimizers.SGD`
+    (`m = momentum * m - lr * g; w = w + m`) with `g` the mean gradient of
+    the micro-batches plus `weight_decay * w`. `iterations` and the learning
+    rate schedule count optimizer updates, not micro-steps.
+
+    Example:
+
+    >>> import numpy as np
+    >>> w = keras.Variable(np.ones(2, "float32"))
+    >>> sgd = AccumulatingSGD(0.5, momentum=0.0, accumulation_steps=2)
+    >>> sgd.apply([np.array([1.0, 3.0], "float32")], [w])
+    >>> sgd.apply([np.array([3.0, 1.0], "float32")], [w])
+    >>> keras.ops.convert_to_numpy(w), int(sgd.iterations)
+    (array([0., 0.], dtype=float32), 1)
+    """
+
+    def __init__(self, learning_rate, momentum=0.9, weight_decay=0.0, accumulation_steps=1, name="accumulating_sgd", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.momentum = float(momentum)
+        self.l2 = float(weight_decay)
+        self.accumulation_steps = positive_int("accumulation_steps", accumulation_steps)
+
+    @property
+    def iterations(self):
+        return keras.ops.floor_divide(self._iterations, self.accumulation_steps)
+
+    def _get_current_learning_rate(self):
+        if isinstance(self._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+            return self._learning_rate(self.iterations)
+        return super()._get_current_learning_rate()
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.momentums = [self.add_variable_from_reference(v, "momentum") for v in variables]
+        self.accumulators = [self.add_variable_from_reference(v, "accumulator") for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        from keras import ops
+
+        index = self._get_variable_index(variable)
+        momentum, accumulator = self.momentums[index], self.accumulators[index]
+        total = ops.add(accumulator, ops.cast(gradient, variable.dtype))
+        step = ops.divide(total, self.accumulation_steps) if self.accumulation_steps > 1 else total
+        if self.l2:
+            step = ops.add(step, ops.multiply(variable, self.l2))
+        new_momentum = ops.subtract(
+            ops.multiply(momentum, self.momentum), ops.multiply(step, ops.cast(learning_rate, variable.dtype))
+        )
+        if self.accumulation_steps == 1:
+            self.assign(momentum, new_momentum)
+            self.assign_add(variable, new_momentum)
+            return
+        applies = ops.cast(ops.equal((self._iterations + 1) % self.accumulation_steps, 0), variable.dtype)
+        self.assign(momentum, ops.add(ops.multiply(applies, new_momentum), ops.multiply(1 - applies, momentum)))
+        self.assign_add(variable, ops.multiply(applies, new_momentum))
+        self.assign(accumulator, ops.multiply(1 - applies, total))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "momentum": self.momentum,
+            "weight_decay": self.l2,
+            "accumulation_steps": self.accumulation_steps,
+        }
+
+
+class Engine:
+    """Runs a recipe's optimizer updates on any strategy, with backups and resume.
+
+    Args:
+        batch_size: the global batch of one optimizer update.
+        batch_split: micro-batches per update (gradient accumulation).
+        strategy: a name for `distribute.resolve_strategy` or an instance.
+        tpu: the TPU's name or address, for strategy "tpu" or "auto".
+        checkpoint_dir: where backups (`backup/`) and `best.keras` go.
+        backup_every: a backup every this many updates (rounded down to a
+            divisor of the run's updates); by default ten per run.
+        seed: seeds weights, the input stream and mixup; None draws one,
+            which backups keep so that a resumed run continues the same stream.
+
+    Example:
+
+    >>> engine = Engine(batch_size=64, batch_split=4)
+    >>> engine.micro_batch, engine.replicas
+    (16, 1)
+    """
+
+    def __init__(self, *, batch_size, batch_split=1, strategy=None, tpu=None, checkpoint_dir=None, backup_every=None, seed=None):
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.batch_split = positive_int("batch_split", batch_split)
+        self.backup_every = None if backup_every is None else positive_int("backup_every", backup_every)
+        self.strategy = distribute.resolve_strategy(strategy, tpu)
+        self.replicas = distribute.num_replicas(self.strategy)
+        if self.batch_size % (self.batch_split * self.replicas):
+            raise ValueError(
+                f"batch_size={self.batch_size} must divide into batch_split={self.batch_split} micro-batches over "
+                f"{self.replicas} replica(s), i.e. be a multiple of {self.batch_split * self.replicas}. "
+                f"Change batch_size or batch_split."
+            )
+        self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
+        self.seed_given = seed is not None
+        self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+        keras.utils.set_random_seed(self.seed)
+
+    @property
+    def micro_batch(self):
+        """Examples per micro-step over all replicas."""
+        return self.batch_size // self.batch_split
+
+    def optimizer(self, learning_rate, weight_decay=0.0):
+        """SGD with momentum 0.9 that updates once per global batch, made under the strategy."""
+        with self.scope():
+            return AccumulatingSGD(learning_rate, 0.9, weight_decay, accumulation_steps=self.batch_split)
+
+    def scope(self):
+        return distribute.scope(self.strategy)
+
+    def build(self, build_model, mixed_precision=None):
+        """`build_model()` under the strategy's scope and the dtype policy `mixed_precision`."""
+        previous = keras.config.dtype_policy()
+        if mixed_precision:
+            keras.config.set_dtype_policy(mixed_precision)
+        try:
+            with self.scope():
+                return build_model()
+        finally:
+            keras.config.set_dtype_policy(previous)
+
+    def adopt(self, model):
+        """`model`, or its copy with variables made under the strategy when they were made outside it."""
+        if self.strategy is None or not hasattr(self.strategy, "extended"):
+            return model
+        if all(self.strategy.extended.variable_created_in_scope(v.value) for v in model.weights):
+            return model
+        with self.scope():
+            clone = keras.models.clone_model(model)
+        clone.set_weights(model.get_weights())
+        return clone
+
+    def compile(self, model, optimizer, loss, metrics=()):
+        with self.scope():
+            model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics))
+
+    def fit(self, model, make_train, total_steps, *, validation=None, fingerprint=None, callbacks=(), verbose="auto"):
+        """Runs `total_steps` optimizer updates of a compiled `model`; returns the `History`.
+
+        `make_train(start_batch)` gives the input stream of micro-batches from
+        global batch `start_batch` on. With `checkpoint_dir`, the run resumes
+        from the newest backup whose `fingerprint` (the recipe's arguments)
+        matches, and refuses one that does not.
+        """
+        total_steps = positive_int("total_steps", total_steps)
+        epoch_steps = self._epoch_steps(total_steps)
+        epochs = total_steps // epoch_steps
+        monitor = "val_accuracy" if validation is not None else "loss"
+        fingerprint = {"batch_size": self.batch_size, "total_steps": total_steps, **(fingerprint or {})}
+        backups = Backups(os.path.join(self.checkpoint_dir, BACKUP_FOLDER)) if self.checkpoint_dir else None
+        start, best = 0, None
+        if backups is not None:
+            state = backups.restore(model, fingerprint, self.seed if self.seed_given else None, self.scope)
+            if state is not None:
+                start, best, self.seed = state["step"], state["best"], state["seed"]
+                print(f"Resuming from {state['path']}: update {start} of {total_steps}.")
+        if start >= total_steps:
+            warnings.warn(
+                f"{self.checkpoint_dir} holds a finished run ({start} of {total_steps} updates): nothing was trained, "
+                f"the model has its final weights. Pass another checkpoint_dir to train again.",
+                stacklevel=3,
+            )
+            return keras.callbacks.History()
+        engine_callbacks = [_StopOnNaN(self.checkpoint_dir)]
+        if self.checkpoint_dir:
+            keep_best = _KeepBest(os.path.join(self.checkpoint_dir, BEST_MODEL), monitor, best)
+            engine_callbacks += [keep_best, _Backup(backups, self, epoch_steps, fingerprint, keep_best)]
+        with self.scope():
+            return model.fit(
+                make_train(start),
+                validation_data=validation,
+                validation_freq=max(1, epochs // EVALUATIONS_PER_RUN),
+                steps_per_epoch=epoch_steps * self.batch_split,
+                epochs=epochs,
+                initial_epoch=start // epoch_steps,
+                callbacks=engine_callbacks + list(callbacks),
+                shuffle=False,  # the stream shuffles
+                verbose=verbose,
+            )
+
+    def _epoch_steps(self, total_steps):
+        """Updates per Keras epoch: backups fall on epoch ends, so a resume starts on one."""
+        limit = self.backup_every or total_steps // min(EVALUATIONS_PER_RUN, total_steps)
+        return max(d for d in range(1, min(limit, total_steps) + 1) if total_steps % d == 0)
+
+
+class Backups:
+    """Step-numbered training backups in one folder, each written whole or not at all.
+
+    A backup is a folder `step-<update>` holding the model's and optimizer's
+    variables and a small JSON record; it is written under a temporary name
+    and renamed, so a kill at any moment leaves the previous backups intact
+    (a left-over temporary folder is removed by the next run). The newest two
+    are kept. Only the chief process (worker 0) writes.
+    """
+
+    KEEP = 2
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.writer = distribute.is_chief()
+
+    def complete(self):
+        if not os.path.isdir(self.folder):
+            return []
+        return sorted(name for name in os.listdir(self.folder) if name.startswith("step-") and "." not in name)
+
+    def save(self, model, record):
+        if not self.writer:
+            return
+        os.makedirs(self.folder, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".tmp-step-{record['step']:09d}-", dir=self.folder)
+        try:
+            model.save_weights(os.path.join(tmp, _WEIGHTS))
+            with open(os.path.join(tmp, _STATE), "w") as f:
+                json.dump(record, f)
+                f.flush()
+                os.fsync(f.fileno())
+            target = os.path.join(self.folder, f"step-{record['step']:09d}")
+            if os.path.exists(target):
+                shutil.rmtree(target)
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        for old in self.complete()[: -self.KEEP]:
+            shutil.rmtree(os.path.join(self.folder, old), ignore_errors=True)
+
+    def restore(self, model, fingerprint, seed, scope):
+        """Loads the newest backup into `model`; returns its record (with "path"), or None when there is none."""
+        if self.writer and os.path.isdir(self.folder):
+            for name in os.listdir(self.folder):
+                if name.startswith(".tmp-"):  # a backup whose writer was killed
+                    shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
+        names = self.complete()
+        if not names:
+            if os.path.isdir(self.folder) and os.listdir(self.folder):
+                raise ValueError(
+                    f"{self.folder} holds no complete backup ({', '.join(sorted(os.listdir(self.folder))[:3])}, ...): "
+                    f"it was not written by this version of bit_keras. Delete it to start over, or pass another checkpoint_dir."
+                )
+            return None
+        path = os.path.join(self.folder, names[-1])
+        record = self._read(path, names)
+        for key, value in fingerprint.items():
+            if record["fingerprint"].get(key) != value:
+                raise ValueError(
+                    f"The backup {path} is of another run: {key}={record['fingerprint'].get(key)!r} there, {value!r} now. "
+                    f"Resume with the same arguments, or pass another checkpoint_dir."
+                )
+        if seed is not None and seed != record["seed"]:
+            raise ValueError(
+                f"The backup {path} was made with seed={record['seed']}, this run has seed={seed}. "
+                f"Resume with the same seed, or pass another checkpoint_dir."
+            )
+        try:
+            with scope():
+                if model.optimizer is not None and not model.optimizer.built:
+                    model.optimizer.build(model.trainable_variables)
+                model.load_weights(os.path.join(path, _WEIGHTS))
+        except (OSError, ValueError, KeyError) as error:
+            raise self._damaged(path, names, f"its weights do not load: {error}") from None
+        return {**record, "path": path}
+
+    def _read(self, path, names):
+        try:
+            with open(os.path.join(path, _STATE)) as f:
+                record = json.load(f)
+            step, seed, best, fingerprint = int(record["step"]), int(record["seed"]), record["best"], dict(record["fingerprint"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise self._damaged(path, names, f"its record {_STATE} is missing or garbled ({error})") from None
+        if not os.path.isfile(os.path.join(path, _WEIGHTS)):
+            raise self._damaged(path, names, f"it has no {_WEIGHTS}")
+        return {"step": step, "seed": seed, "best": best, "fingerprint": fingerprint}
+
+    def _damaged(self, path, names, what):
+        fix = f"Delete {path} to resume from the previous backup ({names[-2]})" if len(names) > 1 else f"Delete {self.folder} to start over"
+        return ValueError(f"The backup {path} is damaged: {what}. {fix}, or pass another checkpoint_dir.")
+
+
+class _Backup(keras.callbacks.Callback):
+    """Writes a backup at the end of each Keras epoch: every `epoch_steps` updates."""
+
+    def __init__(self, backups, engine, epoch_steps, fingerprint, keep_best):
+        super().__init__()
+        self.backups, self.engine, self.epoch_steps = backups, engine, epoch_steps
+        self.fingerprint, self.keep_best = fingerprint, keep_best
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = {
+            "step": (epoch + 1) * self.epoch_steps,
+            "seed": self.engine.seed,
+            "best": self.keep_best.best,
+            "fingerprint": self.fingerprint,
+        }
+        self.backups.save(self.model, record)
+
+
+class _StopOnNaN(keras.callbacks.Callback):
+    """Raises on a NaN or infinite loss, before any backup is written from the bad weights.
+
+    The loss is read every `NAN_CHECK_EVERY` steps and at every epoch end
+    (before the backup): Keras reports the epoch's running mean, which stays
+    NaN once one step was.
+    """
+
+    def __init__(self, checkpoint_dir):
+        super().__init__()
+        self.checkpoint_dir = checkpoint_dir
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (batch + 1) % NAN_CHECK_EVERY == 0:
+            self._check((logs or {}).get("loss"), f"by batch {batch}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check((logs or {}).get("loss"), f"in epoch {epoch + 1}")
+
+    def _check(self, loss, when):
+        if loss is not None and not math.isfinite(float(loss)):
+            kept = f"the last good backup is kept in {self.checkpoint_dir}" if self.checkpoint_dir else "no checkpoint_dir was set"
+            raise FloatingPointError(
+                f"The training loss became {float(loss)} {when}; {kept}. Lower base_lr, "
+                f"or use batch_split= instead of a smaller batch_size."
+            )
+
+
+class _KeepBest(keras.callbacks.Callback):
+    """Saves the model when the monitored metric improves on the best of the whole run.
+
+    Keras' `ModelCheckpoint(save_best_only=True)` writes in place; this writes
+    through a temporary file, and its best value travels with the backups.
+    """
+
+    def __init__(self, path, monitor, best=None):
+        super().__init__()
+        self.path, self.monitor, self.best = path, monitor, best
+        self.writer = distribute.is_chief()
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if self.best is not None and not (value > self.best if "acc" in self.monitor else value < self.best):
+            return
+        self.best = value
+        if self.writer:
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-best-", suffix=".keras", dir=os.path.dirname(self.path))
+            os.close(fd)
+            try:
+                self.model.save(tmp)
+                os.replace(tmp, self.path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
