@@ -204,12 +204,11 @@ def run_pretrain(args):
         **strategy_options(args),
     )
     history = pretrainer.fit(task.train, validation_data=task.validation)
-    steps = sum(len(v) for k, v in history.history.items() if k == "loss")  # epochs run; the steps line below is exact
-    del steps
+    del history
     top1 = _evaluate(pretrainer.model, task.validation, args.image_size, args.batch_size // args.batch_split)
     write_outputs(pretrainer.model, args)
-    total = getattr(pretrainer, "total_steps", args.steps)
-    print(f"result: dataset={task.name} variant={variant.name} steps={total} top-1={top1:.4f}")
+    steps = pretrainer.schedule(task.train.num_examples).total_steps
+    print(f"result: dataset={task.name} variant={variant.name} steps={steps} top-1={top1:.4f}")
     return 0
 
 
