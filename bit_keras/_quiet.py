@@ -7,8 +7,8 @@ none of which a user can act on. `bit_keras/__init__.py` runs `quiet_import()`
 before anything imports TensorFlow, so `bit-keras`, `python -m hub_export`, the
 example scripts and `import bit_keras` all start quietly.
 
-Set `TF_CPP_MIN_LOG_LEVEL` yourself (e.g. `TF_CPP_MIN_LOG_LEVEL=0`) to see
-every line again: then nothing here changes anything.
+Set `TF_CPP_MIN_LOG_LEVEL=0` (or 1) to see every line again: then nothing here
+changes anything.
 """
 
 import os
@@ -38,16 +38,19 @@ NOISE = re.compile(
 def quiet_import():
     """Imports TensorFlow with its start-up noise filtered out of stderr.
 
-    Does nothing when TensorFlow is already imported or the user has set
-    `TF_CPP_MIN_LOG_LEVEL`. Otherwise sets it to 2 (errors only), sends
+    Does nothing when TensorFlow is already imported or `TF_CPP_MIN_LOG_LEVEL`
+    asks for informational lines (0 or 1). Otherwise sets it to 2 (errors
+    only) unless it is higher already, sends
     stderr to a temporary file while TensorFlow loads and enumerates its
     devices (which is where the `cuInit` error comes from; the devices stay
     configurable), then writes back every captured line that is not known
     noise. Python absl warnings are left alone here; see `quiet_absl`.
     """
-    if "tensorflow" in sys.modules or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "")
+    if "tensorflow" in sys.modules or level in ("0", "1"):
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    if level not in ("2", "3"):
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     try:
         stderr_fd = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # e.g. a notebook's stderr has no file descriptor
