@@ -95,7 +95,12 @@ def _check_instance(spec):
             )
         return spec
     if type(spec).__module__.startswith("tensorflow"):
-        if backend != "tensorflow":
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            if isinstance(spec, tf.distribute.MultiWorkerMirroredStrategy):
+                return _reduces_structures(spec)
+        else:
             raise ValueError(
                 f"A tf.distribute.{type(spec).__name__} needs the TensorFlow backend; this process runs {backend!r}. "
                 f"Pass a strategy name such as 'mirrored' (DataParallel over the devices), or set KERAS_BACKEND=tensorflow."
@@ -121,12 +126,37 @@ def _tf_strategy(spec, tpu):
                 "On each host set TF_CONFIG='{\"cluster\": {\"worker\": [\"host1:port\", \"host2:port\"]}, "
                 "\"task\": {\"type\": \"worker\", \"index\": i}}' (see the README), or use strategy='mirrored' on one host."
             )
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _reduces_structures(tf.distribute.MultiWorkerMirroredStrategy())
     gpus = tf.config.list_logical_devices("GPU")
     if spec == "auto":
         return tf.distribute.MirroredStrategy([d.name for d in gpus]) if gpus else tf.distribute.get_strategy()
     devices = gpus or tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+def _reduces_structures(strategy):
+    """`strategy`, with a `reduce` that takes what Keras 3's `fit` gives it.
+
+    `fit` reduces the first (images, labels) batch as one structure, and each
+    replica's scalar loss and metrics along `axis=0`;
+    `MultiWorkerMirroredStrategy.reduce` takes one value, and a scalar has no
+    axis 0. Reduced leaf by leaf, scalars across replicas only, it works.
+    """
+    import tensorflow as tf
+
+    reduce = type(strategy).reduce
+
+    def reduce_leaf(reduce_op, leaf, axis):
+        local = strategy.experimental_local_results(leaf)[0] if isinstance(leaf, tf.distribute.DistributedValues) else leaf
+        if axis is not None and tf.convert_to_tensor(local).shape.rank == 0:
+            axis = None
+        return reduce(strategy, reduce_op, leaf, axis)
+
+    def reduce_each(reduce_op, value, axis):
+        return tf.nest.map_structure(lambda leaf: reduce_leaf(reduce_op, leaf, axis), value)
+
+    strategy.reduce = reduce_each
+    return strategy
 
 
 def _tpu_in_environment():

@@ -32,6 +32,8 @@ if args.cpus > 1:
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.cpus}"
 
 import keras  # noqa: E402
+
+keras.config.disable_traceback_filtering()
 import numpy as np  # noqa: E402
 
 if keras.backend.backend() == "tensorflow" and args.cpus > 1:

@@ -315,3 +315,46 @@ def test_upstream_pipeline_shape_and_range():
     assert labels.shape == (4, 3) and labels.dtype == tf.float32
     images = images.numpy()
     assert images.min() >= -1 and images.max() <= 1 and images.min() < 0 < images.max()
+
+
+# --- the stream the training engine relies on --------------------------------
+
+
+def _batches_of(dataset, count):
+    return [tuple(t.numpy() for t in batch) for batch in dataset.take(count)]
+
+
+@pytest.mark.parametrize("pipeline", ["train", "upstream"])
+def test_start_batch_continues_the_stream_exactly_across_epochs(pipeline):
+    source = data.from_arrays(np.random.default_rng(0).integers(0, 255, (10, 20, 24, 3)), np.arange(10) % 3)
+    if pipeline == "train":
+        make = lambda start: data.train_pipeline(source, resize=16, crop=12, batch_size=4, mixup_alpha=0.5, seed=7, start_batch=start)
+    else:
+        make = lambda start: data.upstream_pipeline(source, image_size=12, batch_size=4, seed=7, start_batch=start)
+    whole = _batches_of(make(0), 8)  # 32 examples: more than three epochs of 10
+    for start in (1, 3, 5):
+        for (images, labels), (expected_images, expected_labels) in zip(_batches_of(make(start), 8 - start), whole[start:]):
+            np.testing.assert_array_equal(images, expected_images)
+            np.testing.assert_array_equal(labels, expected_labels)
+    assert not np.array_equal(whole[0][0], whole[3][0])
+
+
+def test_batch_split_yields_the_whole_mixed_batch_in_pieces():
+    source = data.from_arrays(np.random.default_rng(1).integers(0, 255, (24, 16, 16, 3)), np.arange(24) % 4)
+    kwargs = dict(resize=16, crop=12, batch_size=8, mixup_alpha=1.0, seed=3)
+    whole = _batches_of(data.train_pipeline(source, **kwargs), 3)
+    pieces = _batches_of(data.train_pipeline(source, batch_split=4, **kwargs), 12)
+    for index, (images, labels) in enumerate(whole):
+        np.testing.assert_array_equal(np.concatenate([p[0] for p in pieces[4 * index : 4 * index + 4]]), images)
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in pieces[4 * index : 4 * index + 4]]), labels)
+        # One lambda for the whole batch: the rows mixing two classes all hold the same pair (lam, 1 - lam).
+        mixed = labels[(labels > 0).sum(axis=1) == 2]
+        assert len(mixed) and np.allclose(np.sort(mixed, axis=1)[:, -2:], np.sort(mixed, axis=1)[0, -2:])
+    with pytest.raises(ValueError, match="batch_split must be a positive integer dividing batch_size=8"):
+        data.train_pipeline(source, batch_split=3, **kwargs)
+
+
+def test_labels_outside_the_classes_stop_the_pipeline_with_a_clear_error():
+    source = data.Source(tf.data.Dataset.from_tensor_slices((np.zeros((4, 8, 8, 3), "uint8"), np.array([0, 1, 2, 5]))), 4, 3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels must be class ids in \[0, 3\)"):
+        _batches_of(data.train_pipeline(source, resize=8, crop=8, batch_size=4, seed=0), 1)
