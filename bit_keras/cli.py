@@ -72,7 +72,13 @@ def build_parser():
 
     pretrain_parser = commands.add_parser("pretrain", help="pre-train upstream with the BiT-S/M recipe on a TFDS dataset or an image folder")
     add_data_flags(pretrain_parser)
-    add_model_flags(pretrain_parser, default_variant="BiT-S-R50x1", default_batch_size=4096, default_base_lr=0.03)
+    add_model_flags(
+        pretrain_parser,
+        default_variant="BiT-S-R50x1",
+        default_batch_size=4096,
+        default_base_lr=0.03,
+        weights_help="'none' (fresh weights, the default) or weights to start from: a file or a SavedModel folder",
+    )
     pretrain_parser.add_argument("--weight_decay", type=float, default=1e-4, help="decoupled weight decay (the recipe's is 1e-4)")
     pretrain_parser.add_argument("--epochs", type=int, default=90, help="epochs; LR decays at 30/60/80 of 90 scale with them")
     pretrain_parser.add_argument("--steps", type=int, help="override --epochs with a number of steps (quick runs)")
@@ -101,10 +107,12 @@ def add_data_flags(parser):
     parser.add_argument("--tfds_data_dir", help="where tensorflow-datasets keeps its data (its default when unset)")
 
 
-def add_model_flags(parser, *, default_variant, default_batch_size, default_base_lr):
+def add_model_flags(parser, *, default_variant, default_batch_size, default_base_lr, weights_help=None):
     parser.add_argument("--variant", default=default_variant, help="e.g. BiT-M-R50x1, or R{u1}-{u2}-{u3}-{u4}x{width} for a custom size")
     parser.add_argument(
-        "--weights", default="release", help="'release' (the variant's released checkpoint), 'none', a file or a SavedModel folder"
+        "--weights",
+        default="release" if weights_help is None else "none",
+        help=weights_help or "'release' (the variant's released checkpoint), 'none', a file or a SavedModel folder",
     )
     parser.add_argument("--batch_size", type=int, default=default_batch_size, help="global batch of one update (the LR scales with it)")
     parser.add_argument("--base_lr", type=float, default=default_base_lr, help="the recipe's learning rate at its reference batch")
@@ -185,8 +193,8 @@ def run_pretrain(args):
     )
     variant = bit_keras.get_variant(args.variant)
     weights = weights_option(args.weights)
-    print(f"[model] {variant.name}, {'random weights' if weights in (None, 'release') else 'weights ' + weights}")
-    model_or_variant = variant if weights in (None, "release") else bit_keras.BiT(variant, weights=weights, num_classes=task.train.num_classes)
+    print(f"[model] {variant.name}, {'fresh weights' if weights is None else 'weights ' + weights}")
+    model_or_variant = variant if weights is None else bit_keras.BiT(variant, weights=weights, num_classes=task.train.num_classes)
     pretrainer = bit_keras.BiTPretrainer(
         model_or_variant,
         num_classes=task.train.num_classes,

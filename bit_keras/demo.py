@@ -140,7 +140,7 @@ def pretrain(source, recipe, out, force=False):
 
 
 def finetune(init, source, test, recipe, seed):
-    """Test accuracy of one `BiTFineTuner` run from `init` (a SavedModel folder, or None: scratch)."""
+    """(test accuracy, tuner) of one `BiTFineTuner` run from `init` (a SavedModel folder, or None: scratch)."""
     model = bit_keras.BiT(VARIANT, weights=init, num_classes=source.num_classes)
     tuner = bit_keras.BiTFineTuner(
         model,

@@ -3,7 +3,6 @@
 Each run is its own process (as a user's would be), bounded in time, on a tiny model.
 """
 
-import json
 import os
 import re
 import subprocess
