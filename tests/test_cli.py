@@ -138,3 +138,14 @@ def test_unknown_dataset_is_a_clear_error(tmp_path):
     result = subprocess.run(BIT_KERAS + ["finetune", "--dataset", "./no/such/folder", *TINY], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "is not a folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_console_script_is_installed(tmp_path):
+    import importlib.metadata
+
+    scripts = {entry.name: entry.value for entry in importlib.metadata.entry_points(group="console_scripts")}
+    assert scripts.get("bit-keras") == "bit_keras.cli:main"
+    script = os.path.join(os.path.dirname(sys.executable), "bit-keras")
+    assert os.path.exists(script), f"{script} missing: reinstall with pip install -e ."
+    result = subprocess.run([script, "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0 and result.stdout.startswith("bit-keras "), result.stderr[-2000:]
