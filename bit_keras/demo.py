@@ -59,9 +59,9 @@ UPSTREAM_RECORD = "upstream.json"
 class Recipe:
     """Every number of a demo run. The defaults finish in under 5 minutes on 2 CPU cores."""
 
-    upstream_steps: int = 200
+    upstream_steps: int = 150
     upstream_batch_size: int = 16
-    upstream_base_lr: float = 1.6  # LR = base_lr * batch / 256 = 0.1, scaled as BiT-S/M scale it
+    upstream_base_lr: float = 0.8  # LR = base_lr * batch / 256 = 0.05, scaled as BiT-S/M scale it
     image_size: int = 16  # upstream resolution, and the fine-tuning crop (the digits are 8x8)
     finetune_steps: int = 15
     finetune_batch_size: int = 8

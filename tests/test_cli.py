@@ -30,7 +30,7 @@ with tfds.testing.mock_data(num_examples=12):
 """
 
 
-def bit_keras_cli(args, cwd, code=None, timeout=300):
+def bit_keras_cli(args, cwd, code=None, timeout=600):
     command = [sys.executable, "-c", code] if code else BIT_KERAS
     result = subprocess.run(command + args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
