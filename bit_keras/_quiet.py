@@ -7,8 +7,9 @@ none of which a user can act on. `bit_keras/__init__.py` runs `quiet_import()`
 before anything imports TensorFlow, so `bit-keras`, `python -m hub_export`, the
 example scripts and `import bit_keras` all start quietly.
 
-Set `TF_CPP_MIN_LOG_LEVEL=0` (or 1) to see every line again: then nothing here
-changes anything.
+Set `TF_CPP_MIN_LOG_LEVEL=0` to see every line again: then nothing here
+changes anything. (Not 1: Keras sets 1 when it imports TensorFlow, and child
+processes inherit it, so 1 does not tell a user's request apart.)
 """
 
 import os
@@ -39,7 +40,7 @@ def quiet_import():
     """Imports TensorFlow with its start-up noise filtered out of stderr.
 
     Does nothing when TensorFlow is already imported or `TF_CPP_MIN_LOG_LEVEL`
-    asks for informational lines (0 or 1). Otherwise sets it to 2 (errors
+    is 0 (every line asked for). Otherwise sets it to 2 (errors
     only) unless it is higher already, sends
     stderr to a temporary file while TensorFlow loads and enumerates its
     devices (which is where the `cuInit` error comes from; the devices stay
@@ -47,7 +48,7 @@ def quiet_import():
     noise. Python absl warnings are left alone here; see `quiet_absl`.
     """
     level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "")
-    if "tensorflow" in sys.modules or level in ("0", "1"):
+    if "tensorflow" in sys.modules or level == "0":
         return
     if level not in ("2", "3"):
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
