@@ -8,7 +8,7 @@ from bit_keras import _quiet
 _quiet.quiet_import()
 
 from bit_keras import data, distribute, hyperrule, training  # noqa: E402 (after the quiet import)
-from bit_keras.checkpoints import save_official
+from bit_keras.checkpoints import save_official, save_timm, save_transformers
 from bit_keras.finetune import BiTFineTuner
 from bit_keras.hyperrule import HyperRule
 from bit_keras.layers import GroupNormalization, StandardizedConv2D

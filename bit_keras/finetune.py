@@ -305,8 +305,6 @@ class BiTFineTuner:
         self.engine.compile(
             self.model,
             self.engine.optimizer(self.learning_rate),
-            keras.losses.CategoricalCrossentropy(from_logits=True),
-            [keras.metrics.CategoricalAccuracy(name="accuracy")],
         )
         self._compiled = True
 

@@ -64,7 +64,9 @@ class GroupNormalization(keras.layers.Layer):
     by its own mean and variance over space and the group's channels, then
     scaled and shifted per channel by `gamma` and `beta`. Under a mixed
     precision policy the statistics and the normalisation run in float32 and
-    only the output is cast to the compute dtype.
+    only the output is cast to the compute dtype. The variance is computed in
+    one pass, as E[x^2] - E[x]^2 in float32: exact to about 1e-7 of E[x^2],
+    ample for activations whose mean is not thousands of times their spread.
 
     Args:
         groups: number of channel groups (BiT: 32); must divide the channels.
@@ -101,11 +103,18 @@ class GroupNormalization(keras.layers.Layer):
         x = ops.cast(inputs, "float32")
         channels = x.shape[-1]
         shape = ops.shape(x)
-        grouped = ops.reshape(x, (shape[0], -1, self.groups, channels // self.groups))
+        per_group = channels // self.groups
+        grouped = ops.reshape(x, (shape[0], -1, self.groups, per_group))
+        # One pass over the activations for both moments, then one fused
+        # multiply-add with per-channel scale and shift: a third of the
+        # memory traffic of normalise-then-affine, which dominates this layer.
         mean = ops.mean(grouped, axis=(1, 3), keepdims=True)
-        variance = ops.var(grouped, axis=(1, 3), keepdims=True)
-        normalized = ops.reshape((grouped - mean) * ops.rsqrt(variance + self.epsilon), shape)
-        outputs = normalized * ops.cast(self.gamma, "float32") + ops.cast(self.beta, "float32")
+        mean_of_squares = ops.mean(ops.square(grouped), axis=(1, 3), keepdims=True)
+        variance = ops.maximum(mean_of_squares - ops.square(mean), 0.0)
+        gamma = ops.reshape(ops.cast(self.gamma, "float32"), (1, 1, self.groups, per_group))
+        beta = ops.reshape(ops.cast(self.beta, "float32"), (1, 1, self.groups, per_group))
+        scale = gamma * ops.rsqrt(variance + self.epsilon)
+        outputs = ops.reshape(grouped * scale + (beta - mean * scale), shape)
         return ops.cast(outputs, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

@@ -1,11 +1,9 @@
 """`bit_keras.BiT`: the public constructor, with weights from any source."""
 
-import os
+import numbers
 
-import keras
-
-from bit_keras import checkpoints
-from bit_keras.resnet import build_resnet, get_variant
+from bit_keras import checkpoints, distribute
+from bit_keras.resnet import WS_EPSILON, build_resnet, get_variant
 
 
 def BiT(
@@ -16,26 +14,44 @@ def BiT(
     pooling=None,
     input_shape=(None, None, 3),
     name=None,
+    ws_epsilon=WS_EPSILON,
+    strategy=None,
 ):
     """A BiT ResNet-v2 as a functional `keras.Model` that outputs logits.
 
     Inputs are RGB images scaled to [-1, 1], i.e. `(pixels - 127.5) / 127.5`.
 
     Args:
-        variant: a name such as "BiT-M-R50x1" (BiT-S/M/L x R50/101/152 x 1-4), or
-            a `bit_keras.Variant` for a custom size.
+        variant: a name such as "BiT-M-R50x1" (BiT-S/M/L x R50/101/152 x 1-4),
+            "R1-1-1-1x1" for a custom size, a `bit_keras.Variant`, or None /
+            "auto" to read the architecture from `weights`.
         weights: None (fresh weights), a path to an official `.npz`/`.h5`
-            checkpoint, a `.keras` or `.weights.h5` file saved from a bit_keras
-            model, an exported SavedModel folder, or a release name such as
-            "BiT-M-R50x1" (downloaded once, see `checkpoints.cache_dir`).
+            checkpoint, a timm state dict (`.safetensors`, `.pth`/`.bin`), a
+            transformers Bit folder, a `.keras` or `.weights.h5` file saved
+            from a bit_keras model, a SavedModel folder (hub_export, TF Hub,
+            Kaggle), or a release name: "BiT-M-R50x1" (the official bucket),
+            "timm/resnetv2_50x1_bit.goog_in21k" or "google/bit-50" (Hugging
+            Face Hub), "kaggle:google/bit/tensorFlow2/m-r50x1" (Kaggle Models).
         num_classes: None keeps the checkpoint's head (or the variant's
-            upstream head: 1000 for BiT-S, 21843 for BiT-M); a different count
-            gives a new head initialised to zeros, as BiT fine-tuning does.
+            upstream head: 1000 for BiT-S, 21843 for BiT-M); a different
+            positive count gives a new head initialised to zeros, as BiT
+            fine-tuning does.
         include_top: False drops the head and returns the final feature map.
         pooling: with `include_top=False`, "avg" or "max" pools the feature
             map to the 2048*width pre-logits vector.
         input_shape: (height, width, 3); any size works with the default.
         name: model name; the variant's by default.
+        ws_epsilon: the weight-standardisation epsilon of every convolution:
+            the official 1e-10 by default; 1e-8 reproduces timm and
+            transformers (the difference is about 3e-5 of the largest logit).
+        strategy: make every variable under this strategy: a name such as
+            "mirrored" or "tpu", or an instance (see
+            `bit_keras.distribute.resolve_strategy`); None uses the current scope.
+
+    The returned model records where its weights came from:
+    `model.weights_family` ("official", "timm", "transformers", "keras" or
+    None for fresh weights) and `model.weights_source`. Nothing is warned
+    when the family's own epsilon differs from `ws_epsilon`.
 
     Example:
 
@@ -44,60 +60,55 @@ def BiT(
     >>> model.predict(np.zeros((2, 64, 64, 3), "float32"), verbose=0).shape
     (2, 10)
     """
-    spec = get_variant(variant)
-    state, source = _read_weights(weights, spec)
+    _check_num_classes(num_classes)
+    input_shape = _check_input_shape(input_shape)
+    auto = variant is None or (isinstance(variant, str) and variant.lower() == "auto")
+    if auto and weights is None:
+        raise ValueError("variant='auto' reads the architecture from weights=, but no weights were given. Name a variant.")
+    spec = None if auto else get_variant(variant)
+    record = checkpoints.read_weights(weights, spec)
+    state = record.state if record else None
+    if auto:
+        spec = checkpoints.infer_variant(state)
+        if spec is None:
+            raise ValueError(
+                f"{record.source} does not look like a BiT model ({checkpoints.describe(state)}); "
+                f"its variant cannot be inferred. Pass the variant."
+            )
     checkpoint_classes = state[checkpoints.HEAD_BIAS].shape[0] if state and checkpoints.HEAD_BIAS in state else None
     classes = None
     if include_top:
         classes = num_classes or checkpoint_classes or spec.upstream_classes
         if not classes:
             raise ValueError(f"{spec.name} has no upstream head; pass num_classes= for a classifier, or include_top=False.")
-    model = build_resnet(spec, classes, include_top, pooling, input_shape, name)
+    with distribute.scope(None if strategy is None else distribute.resolve_strategy(strategy)):
+        model = build_resnet(spec, classes, include_top, pooling, input_shape, name, ws_epsilon=ws_epsilon)
     if state is not None:
         keep_head = include_top and classes == checkpoint_classes
-        checkpoints.load_state(model, state, source, skip_head=not keep_head)
+        checkpoints.load_state(model, state, record.source, skip_head=not keep_head)
+    model.weights_family = record.family if record else None
+    model.weights_source = record.source if record else None
     return model
 
 
-def _read_weights(weights, spec):
-    """Official-layout state and a description of where it came from."""
-    if weights is None:
-        return None, None
-    path = os.fspath(weights)
-    if os.path.isdir(path):
-        return checkpoints.read_saved_model(path), path
-    if os.path.isfile(path):
-        if path.endswith(".keras"):
-            return checkpoints.model_state(keras.saving.load_model(path, compile=False)), path
-        if path.endswith(".weights.h5"):
-            return _read_keras_weights(path, spec), path
-        return checkpoints.read_checkpoint(path), path
-    if checkpoints.find_release(path) is not None:
-        local = checkpoints.download(path)
-        return checkpoints.read_checkpoint(local), f"{path} ({local})"
-    raise ValueError(
-        f"weights={weights!r} is neither an existing file or folder nor a known release name. "
-        f"Pass a path to a .npz/.h5/.keras/.weights.h5 file, a SavedModel folder, or a name such as 'BiT-M-R50x1'."
-    )
+def _check_num_classes(num_classes):
+    if num_classes is None:
+        return
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ValueError(
+            f"num_classes must be a positive integer (the classes of a new head) or None to keep the "
+            f"checkpoint's head, got {num_classes!r}. Pass e.g. num_classes=10."
+        )
 
 
-def _read_keras_weights(path, spec):
-    """Reads a Keras 3 `.weights.h5` file saved from a bit_keras model of `spec`.
-
-    Such files name weights by layer class and order, not layer name, so they
-    load into a model of the same architecture, whose head size is read off
-    the file's only Dense layer.
-    """
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        if "layers" not in f:
-            raise ValueError(f"{path} is not a Keras 3 .weights.h5 file (no 'layers' group).")
-        head = f["layers"].get("dense")
-        classes = head["vars"]["1"].shape[0] if head is not None else None
-    template = build_resnet(spec, classes, include_top=classes is not None)
+def _check_input_shape(input_shape):
     try:
-        template.load_weights(path)
-    except ValueError as error:
-        raise ValueError(f"{path} does not fit {spec.name}: {error}. Pass the variant it was saved from.") from None
-    return checkpoints.model_state(template)
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = ()
+    if len(shape) != 3 or shape[-1] != 3:
+        raise ValueError(
+            f"input_shape must be (height, width, 3): BiT takes RGB images with 3 channels, got {input_shape!r}. "
+            f"Pass e.g. input_shape=(None, None, 3) or (224, 224, 3); convert grayscale images to RGB first."
+        )
+    return shape

@@ -172,8 +172,6 @@ class BiTPretrainer:
         self.engine.compile(
             self.model,
             self.engine.optimizer(schedule.learning_rate(), schedule.weight_decay),
-            keras.losses.CategoricalCrossentropy(from_logits=True),
-            [keras.metrics.CategoricalAccuracy(name="accuracy")],
         )
 
         def make_train(start_batch):

@@ -28,7 +28,8 @@ UPSTREAM = {
 RELEASED_FAMILIES = ("BiT-S", "BiT-M")  # BiT-L weights were never released.
 
 _NAME = re.compile(r"^(BiT-[SML])-R(\d+)x(\d+)$")
-_CUSTOM_NAME = re.compile(r"^R(\d+)-(\d+)-(\d+)-(\d+)x(\d+)$")  # Variant.name of a custom size
+_CUSTOM_NAME = re.compile(r"^(?:(BiT-[SML])-)?R(\d+)-(\d+)-(\d+)-(\d+)x(\d+)$")  # Variant.name of a custom size
+WS_EPSILON = 1e-10  # the official code's weight-standardisation epsilon (timm and transformers: 1e-8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,19 +86,26 @@ class Variant:
 
 
 def get_variant(variant):
-    """Returns the `Variant` for a name such as "BiT-M-R50x1" or "R1-1-1-1x1", or `variant` itself."""
+    """Returns the `Variant` for a name such as "BiT-M-R50x1" or "R1-1-1-1x1", or `variant` itself.
+
+    Custom sizes may carry a family, as checkpoint messages name them:
+
+    >>> get_variant("BiT-M-R1-1-1-1x2").upstream_classes
+    21843
+    """
     if isinstance(variant, Variant):
         return variant
     custom = _CUSTOM_NAME.match(str(variant))
     if custom:
-        *units, width = (int(v) for v in custom.groups())
-        return Variant(tuple(units), width)
+        family = custom[1]
+        *units, width = (int(v) for v in custom.groups()[1:])
+        return Variant(tuple(units), width, family, UPSTREAM[family][1] if family else None)
     match = _NAME.match(str(variant))
     if not match or int(match[2]) not in UNITS_PER_BLOCK or int(match[3]) not in WIDTH_FACTORS:
         raise ValueError(
             f"Unknown BiT variant {variant!r}. Use 'BiT-{{S,M,L}}-R{{50,101,152}}x{{1,2,3,4}}' "
             f"(released weights: BiT-S/BiT-M with {', '.join(RELEASED_ARCHITECTURES)}) or "
-            f"'R{{u1}}-{{u2}}-{{u3}}-{{u4}}x{{width}}' / bit_keras.Variant(units=(...), width=...) for a custom size."
+            f"'[BiT-S-]R{{u1}}-{{u2}}-{{u3}}-{{u4}}x{{width}}' / bit_keras.Variant(units=(...), width=...) for a custom size."
         )
     family, depth, width = match[1], int(match[2]), int(match[3])
     return Variant(UNITS_PER_BLOCK[depth], width, family, UPSTREAM[family][1])
@@ -113,8 +121,8 @@ def variants(released_only=True):
     return [f"{f}-{a}" for f in families for a in architectures]
 
 
-def _conv(filters, kernel_size, name, strides=1):
-    return StandardizedConv2D(filters, kernel_size, strides=strides, padding="valid", name=name)
+def _conv(filters, kernel_size, name, strides=1, epsilon=WS_EPSILON):
+    return StandardizedConv2D(filters, kernel_size, strides=strides, padding="valid", epsilon=epsilon, name=name)
 
 
 def _gn_relu(x, name):
@@ -122,24 +130,34 @@ def _gn_relu(x, name):
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def _unit(x, mid_channels, strides, name):
+def _unit(x, mid_channels, strides, name, epsilon):
     out_channels = 4 * mid_channels
     preact = _gn_relu(x, f"{name}_a")
     if strides > 1 or x.shape[-1] != out_channels:
-        shortcut = _conv(out_channels, 1, f"{name}_proj", strides)(preact)
+        shortcut = _conv(out_channels, 1, f"{name}_proj", strides, epsilon)(preact)
     else:
         shortcut = x
-    y = _conv(mid_channels, 1, f"{name}_a_conv")(preact)
+    y = _conv(mid_channels, 1, f"{name}_a_conv", epsilon=epsilon)(preact)
     y = _gn_relu(y, f"{name}_b")
     y = layers.ZeroPadding2D(1, name=f"{name}_b_pad")(y)
-    y = _conv(mid_channels, 3, f"{name}_b_conv", strides)(y)
+    y = _conv(mid_channels, 3, f"{name}_b_conv", strides, epsilon)(y)
     y = _gn_relu(y, f"{name}_c")
-    y = _conv(out_channels, 1, f"{name}_c_conv")(y)
+    y = _conv(out_channels, 1, f"{name}_c_conv", epsilon=epsilon)(y)
     return layers.Add(name=f"{name}_add")([y, shortcut])
 
 
-def build_resnet(variant, num_classes=None, include_top=True, pooling=None, input_shape=(None, None, 3), name=None):
+def build_resnet(
+    variant,
+    num_classes=None,
+    include_top=True,
+    pooling=None,
+    input_shape=(None, None, 3),
+    name=None,
+    ws_epsilon=WS_EPSILON,
+):
     """Builds the functional BiT ResNet-v2 for a `Variant`, with fresh weights.
+
+    `ws_epsilon` is every convolution's weight-standardisation epsilon.
 
     Layer names are `root_conv`, `block{b}_unit{u:02d}_{a,b,c}_{gn,conv}`,
     `block{b}_unit01_proj`, `pre_head_gn` and `head`;
@@ -150,14 +168,14 @@ def build_resnet(variant, num_classes=None, include_top=True, pooling=None, inpu
     width = variant.width
     inputs = keras.Input(shape=input_shape, name="images")
     x = layers.ZeroPadding2D(3, name="root_pad")(inputs)
-    x = _conv(64 * width, 7, "root_conv", strides=2)(x)
+    x = _conv(64 * width, 7, "root_conv", strides=2, epsilon=ws_epsilon)(x)
     x = layers.ZeroPadding2D(1, name="root_pool_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="valid", name="root_pool")(x)
     for block, units in enumerate(variant.units, start=1):
         mid_channels = 64 * width * 2 ** (block - 1)
         for unit in range(1, units + 1):
             strides = 2 if block > 1 and unit == 1 else 1
-            x = _unit(x, mid_channels, strides, f"block{block}_unit{unit:02d}")
+            x = _unit(x, mid_channels, strides, f"block{block}_unit{unit:02d}", ws_epsilon)
     x = _gn_relu(x, "pre_head")
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)

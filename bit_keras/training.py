@@ -203,9 +203,14 @@ class Engine:
         clone.set_weights(model.get_weights())
         return clone
 
-    def compile(self, model, optimizer, loss, metrics=()):
+    def compile(self, model, optimizer):
+        """Compiles `model` for soft-label (mixup) classification from logits, with every object made under the strategy."""
         with self.scope():
-            model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics))
+            model.compile(
+                optimizer=optimizer,
+                loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+            )
 
     def fit(self, model, make_train, total_steps, *, validation=None, fingerprint=None, callbacks=(), verbose="auto"):
         """Runs `total_steps` optimizer updates of a compiled `model`; returns the `History`.
@@ -236,6 +241,7 @@ class Engine:
             return keras.callbacks.History()
         engine_callbacks = [_StopOnNaN(self.checkpoint_dir)]
         if self.checkpoint_dir:
+            os.makedirs(self.checkpoint_dir, exist_ok=True)
             keep_best = _KeepBest(os.path.join(self.checkpoint_dir, BEST_MODEL), monitor, best)
             engine_callbacks += [keep_best, _Backup(backups, self, epoch_steps, fingerprint, keep_best)]
         with self.scope():

@@ -15,7 +15,12 @@ import sys
 
 def add_arguments(parser):
     """The export flags, on `parser`: shared by `python -m hub_export` and `bit-keras export`."""
-    parser.add_argument("--weights", required=True, help="an official .npz/.h5 checkpoint, a release name, or a .keras file")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="an official .npz/.h5 checkpoint, a timm .safetensors/.pth, a transformers Bit folder, "
+        "a release name (BiT-M-R50x1, timm/..., google/bit-50, kaggle:...), or a .keras file",
+    )
     parser.add_argument(
         "--variant",
         help="e.g. BiT-M-R50x1, or R{u1}-{u2}-{u3}-{u4}x{width} for a custom size; not needed for a .keras file",
@@ -122,8 +127,12 @@ def run(args):
         record = hub_export.export(
             model, args.out, flavor=args.flavor, input_range=args.input_range, overwrite=args.overwrite
         )
-    except (ValueError, FileExistsError, RuntimeError) as error:
+    except (ValueError, FileExistsError, RuntimeError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # an unwritable --out, a full disk: one line naming the path
+        where = error.filename or args.out
+        print(f"error: cannot write {where}: {error.strerror or error}. Choose a writable --out.", file=sys.stderr)
         return 1
     print(f"[3/3] Checking the module: {_check(args.out)}")
     print(_summary(os.path.abspath(args.out), record))

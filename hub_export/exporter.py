@@ -9,10 +9,8 @@ or logits for the classification flavour. `export` writes the same contract
 with `keras.export.ExportArchive`.
 """
 
-import contextlib
+import math
 import os
-import shutil
-import tempfile
 
 import keras
 import numpy as np
@@ -81,7 +79,7 @@ def export(model, path, *, flavor="feature_vector", input_range=(0, 1), overwrit
         raise ValueError(f"flavor must be one of {FLAVORS}, got {flavor!r}.")
     low, high = _check_input_range(input_range)
     path = os.path.abspath(os.fspath(path))
-    _refuse_existing(path, overwrite)
+    checkpoints.refuse_existing(path, overwrite)
 
     network = _network(model, flavor)
     variables = _module_variables(network)
@@ -96,7 +94,7 @@ def export(model, path, *, flavor="feature_vector", input_range=(0, 1), overwrit
         "output_size": int(network.output.shape[-1]),
         "parameters": int(sum(np.prod(v.shape) for v in variables.values())),
     }
-    with _atomic_folder(path, overwrite) as folder:
+    with checkpoints.atomic_folder(path, overwrite) as folder:
         archive.write_out(folder, verbose=False)
         write_metadata(folder, record)
     return record
@@ -107,14 +105,14 @@ def _check_input_range(input_range):
         low, high = (float(v) for v in input_range)
     except (TypeError, ValueError):
         raise ValueError(f"input_range must be two numbers (low, high), got {input_range!r}.") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(
+            f"input_range must be two finite numbers (low, high), got {input_range!r}: the module rescales "
+            f"images linearly from it to [-1, 1]. Pass e.g. (0, 1) or (0, 255)."
+        )
     if not low < high:
         raise ValueError(f"input_range must have low < high, got {input_range!r}; e.g. (0, 1) or (0, 255).")
     return low, high
-
-
-def _refuse_existing(path, overwrite):
-    if os.path.lexists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it, or choose another path.")
 
 
 def _network(model, flavor):
@@ -144,10 +142,9 @@ def _module_variables(network):
     TensorFlow names are bare ("kernel", "gamma"): official names let
     `read_saved_model` (and any tool that knows the BiT layout) find them.
     """
-    return {
-        key: tf.Variable(keras.ops.convert_to_numpy(variable), name=key, trainable=True)
-        for key, variable in checkpoints.official_weights(network).items()
-    }
+    values = {key: keras.ops.convert_to_numpy(v) for key, v in checkpoints.official_weights(network).items()}
+    checkpoints.check_values(values, f"export: model {network.name!r}", action="written")
+    return {key: tf.Variable(value, name=key, trainable=True) for key, value in values.items()}
 
 
 def _trace_call(network, variables, flavor, low, high):
@@ -207,33 +204,3 @@ def _variant_name(model):
         if model.name == f"{family}-{architecture}":
             return model.name
     return architecture
-
-
-@contextlib.contextmanager
-def _atomic_folder(path, overwrite):
-    """Yields a temporary folder beside `path` and renames it to `path` once the body succeeds."""
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    folder = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
-    previous = None
-    try:
-        yield folder
-        _refuse_existing(path, overwrite)  # again: something may have appeared there meanwhile
-        if os.path.lexists(path):
-            previous = f"{folder}.previous"
-            os.rename(path, previous)
-        os.rename(folder, path)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        if previous and os.path.lexists(previous) and not os.path.lexists(path):
-            os.rename(previous, path)
-        raise
-    if previous:
-        _remove(previous)
-
-
-def _remove(path):
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    else:
-        os.remove(path)

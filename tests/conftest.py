@@ -2,6 +2,12 @@ import gc
 import os
 import sys
 
+try:  # torchvision (through timm) crashes when imported after TensorFlow; torch first is fine
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+except ImportError:  # a declared test dependency: tests/test_families.py fails on its own import
+    pass
+
 import keras
 import pytest
 

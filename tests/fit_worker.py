@@ -46,7 +46,7 @@ import bit_keras  # noqa: E402
 from bit_keras import training  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_finetune import colour_task  # noqa: E402
+from toy_data import colour_task  # noqa: E402
 
 
 class KillAtBatch(keras.callbacks.Callback):

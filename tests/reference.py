@@ -52,25 +52,30 @@ def relu(x):
     return np.maximum(x, 0)
 
 
-def forward(state, images, units):
-    """Logits of a BiT model given its official-layout weights and [-1, 1] images."""
+def forward(state, images, units, ws_eps=1e-10, gn_eps=1e-5):
+    """Logits of a BiT model given its official-layout weights and [-1, 1] images.
+
+    `ws_eps` and `gn_eps` are BiT's epsilons; tests pass others to show that they matter.
+    """
+    ws = lambda w: standardize(w, ws_eps)
+    gn = lambda x, gamma, beta: group_norm(x, gamma, beta, eps=gn_eps)
     s = {k: v.astype(np.float64) for k, v in state.items()}
-    x = conv2d(pad(images.astype(np.float64), 3), standardize(s["resnet/root_block/standardized_conv2d/kernel"]), 2)
+    x = conv2d(pad(images.astype(np.float64), 3), ws(s["resnet/root_block/standardized_conv2d/kernel"]), 2)
     x = max_pool_3x3_s2(pad(x, 1))
     for b, n in enumerate(units, start=1):
         for u in range(1, n + 1):
             p = f"resnet/block{b}/unit{u:02d}/"
             stride = 2 if b > 1 and u == 1 else 1
-            preact = relu(group_norm(x, s[p + "a/group_norm/gamma"], s[p + "a/group_norm/beta"]))
+            preact = relu(gn(x, s[p + "a/group_norm/gamma"], s[p + "a/group_norm/beta"]))
             proj = p + "a/proj/standardized_conv2d/kernel"
-            shortcut = conv2d(preact, standardize(s[proj]), stride) if proj in s else x
-            y = conv2d(preact, standardize(s[p + "a/standardized_conv2d/kernel"]))
-            y = relu(group_norm(y, s[p + "b/group_norm/gamma"], s[p + "b/group_norm/beta"]))
-            y = conv2d(pad(y, 1), standardize(s[p + "b/standardized_conv2d/kernel"]), stride)
-            y = relu(group_norm(y, s[p + "c/group_norm/gamma"], s[p + "c/group_norm/beta"]))
-            y = conv2d(y, standardize(s[p + "c/standardized_conv2d/kernel"]))
+            shortcut = conv2d(preact, ws(s[proj]), stride) if proj in s else x
+            y = conv2d(preact, ws(s[p + "a/standardized_conv2d/kernel"]))
+            y = relu(gn(y, s[p + "b/group_norm/gamma"], s[p + "b/group_norm/beta"]))
+            y = conv2d(pad(y, 1), ws(s[p + "b/standardized_conv2d/kernel"]), stride)
+            y = relu(gn(y, s[p + "c/group_norm/gamma"], s[p + "c/group_norm/beta"]))
+            y = conv2d(y, ws(s[p + "c/standardized_conv2d/kernel"]))
             x = y + shortcut
-    x = relu(group_norm(x, s["resnet/group_norm/gamma"], s["resnet/group_norm/beta"]))
+    x = relu(gn(x, s["resnet/group_norm/gamma"], s["resnet/group_norm/beta"]))
     pooled = x.mean(axis=(1, 2))
     return pooled @ s["resnet/head/conv2d/kernel"][0, 0] + s["resnet/head/conv2d/bias"]
 

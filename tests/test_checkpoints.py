@@ -229,3 +229,169 @@ def test_canonical_keys_of_h5_paths():
     assert checkpoints.canonical_key("resnet/group_norm/beta:0") == "resnet/group_norm/beta"
     assert checkpoints.canonical_key("head/resnet/head/dense/kernel:0") == checkpoints.HEAD_KERNEL
     assert checkpoints.canonical_key("optimizer/iterations:0") is None
+
+
+# ------------------------------------------------ nothing lost, nothing half-written
+
+
+def test_save_official_refuses_to_overwrite_unless_asked(tmp_path, small_npz):
+    model = bit_keras.BiT(small_variant(), weights=small_npz)
+    path = tmp_path / "tuned.npz"
+    path.write_bytes(b"keep me")
+    with pytest.raises(FileExistsError, match=r"tuned\.npz already exists; pass overwrite=True"):
+        bit_keras.save_official(model, path)
+    assert path.read_bytes() == b"keep me"
+    bit_keras.save_official(model, path, overwrite=True)
+    assert checkpoints.ROOT_KERNEL in checkpoints.read_checkpoint(path)
+
+
+def test_written_files_honour_the_umask(tmp_path, small_npz):
+    model = bit_keras.BiT(small_variant(), weights=small_npz)
+    old = os.umask(0o027)
+    try:
+        bit_keras.save_official(model, tmp_path / "a.npz")
+        with checkpoints.atomic_folder(tmp_path / "folder") as folder:
+            open(os.path.join(folder, "x"), "w").close()
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "a.npz").st_mode & 0o777 == 0o640
+    assert os.stat(tmp_path / "folder").st_mode & 0o777 == 0o750
+
+
+def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write(tmp_path, small_npz):
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys\n"
+        "from bit_keras.checkpoints import writing\n"
+        "with writing.atomic_file(sys.argv[1]) as tmp:\n"
+        "    open(tmp, 'wb').write(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    target = tmp_path / "out" / "tuned.npz"
+    result = subprocess.run([sys.executable, "-c", script, str(target)], timeout=120)
+    assert result.returncode == -9
+    left = os.listdir(tmp_path / "out")
+    assert len(left) == 1 and ".bit-keras-tmp." in left[0] and not target.exists()
+    bit_keras.save_official(bit_keras.BiT(small_variant(), weights=small_npz), tmp_path / "out" / "other.npz")
+    assert os.listdir(tmp_path / "out") == ["other.npz"]
+
+
+# --------------------------------------------------------------- refused inputs
+
+
+def test_nan_checkpoint_is_refused_by_key_and_nan_weights_are_not_written(tmp_path, small_state):
+    state = dict(small_state)
+    state["resnet/block3/unit01/b/group_norm/beta"] = np.full(256, np.inf, "float32")
+    path = write_npz(tmp_path / "inf.npz", state)
+    with pytest.raises(ValueError, match=r"'resnet/block3/unit01/b/group_norm/beta' holds 256 NaN/Inf"):
+        bit_keras.BiT(small_variant(), weights=path)
+    model = bit_keras.BiT(small_variant(), num_classes=5)
+    model.get_layer("pre_head_gn").gamma.assign(np.full(2048, np.nan, "float32"))
+    with pytest.raises(ValueError, match=r"'resnet/group_norm/gamma' holds 2048 NaN/Inf values .* cannot be written"):
+        bit_keras.save_official(model, tmp_path / "nan.npz")
+    assert not os.path.exists(tmp_path / "nan.npz")
+
+
+def test_string_tensor_is_refused_by_key(tmp_path, small_state):
+    state = dict(small_state)
+    state["resnet/group_norm/beta"] = np.array(["a"] * 2048)
+    path = write_npz(tmp_path / "strings.npz", state)
+    with pytest.raises(ValueError, match=r"'resnet/group_norm/beta' has dtype <U1"):
+        bit_keras.BiT(small_variant(), weights=path)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.0, True, "10"])
+def test_num_classes_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match=r"num_classes must be a positive integer .* got"):
+        bit_keras.BiT(small_variant(), num_classes=bad)
+
+
+def test_input_shape_needs_three_channels_and_weights_a_path():
+    with pytest.raises(ValueError, match=r"input_shape must be \(height, width, 3\)"):
+        bit_keras.BiT(small_variant(), num_classes=2, input_shape=(32, 32, 1))
+    with pytest.raises(ValueError, match=r"weights must be None, a path .* got int 5"):
+        bit_keras.BiT(small_variant(), weights=5)
+
+
+def test_save_official_refuses_a_model_that_is_not_a_bit(tmp_path):
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match="has no BiT weights"):
+        bit_keras.save_official(other, tmp_path / "empty.npz")
+    assert not os.path.exists(tmp_path / "empty.npz")
+
+
+def test_truncated_keras_files_are_named(tmp_path, small_npz):
+    model = bit_keras.BiT(small_variant(), weights=small_npz)
+    model.save(tmp_path / "m.keras")
+    model.save_weights(tmp_path / "m.weights.h5")
+    for name in ("m.keras", "m.weights.h5"):
+        data = (tmp_path / name).read_bytes()
+        cut = tmp_path / f"cut-{name}"
+        cut.write_bytes(data[: len(data) // 2])
+        with pytest.raises(ValueError, match=rf"{cut}.* truncated"):
+            bit_keras.BiT(small_variant(), weights=str(cut))
+
+
+def test_garbage_saved_model_is_named(tmp_path):
+    folder = tmp_path / "garbage"
+    (folder / "variables").mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"nonsense")
+    (folder / "variables" / "variables.index").write_bytes(b"nonsense")
+    with pytest.raises(ValueError, match=rf"{folder} is not a readable SavedModel"):
+        bit_keras.BiT(small_variant(), weights=str(folder))
+
+
+def test_mismatch_message_suggests_a_variant_that_works(tmp_path):
+    path = write_npz(tmp_path / "tiny.npz", random_state((1, 1, 1, 1), 1, 21843, seed=0))
+    with pytest.raises(ValueError, match=r"variant='BiT-M-R1-1-1-1x1'") as error:
+        bit_keras.BiT(small_variant(), weights=path)
+    suggested = str(error.value).split("variant='")[1].split("'")[0]
+    model = bit_keras.BiT(suggested, weights=path)
+    assert model.output.shape == (None, 21843)
+    assert bit_keras.BiT("auto", weights=path).name == suggested
+
+
+def test_ws_epsilon_reaches_every_convolution(tmp_path):
+    model = bit_keras.BiT(small_variant(), num_classes=2, ws_epsilon=1e-8)
+    convs = [layer for layer in model.layers if isinstance(layer, bit_keras.StandardizedConv2D)]
+    assert len(convs) == 1 + 3 * sum(SMALL_UNITS) + 4
+    assert {layer.epsilon for layer in convs} == {1e-8}
+    assert {layer.epsilon for layer in bit_keras.BiT(small_variant(), num_classes=2).layers
+            if isinstance(layer, bit_keras.StandardizedConv2D)} == {1e-10}
+    model.save(tmp_path / "eps.keras")
+    loaded = keras.saving.load_model(tmp_path / "eps.keras")
+    assert {layer.epsilon for layer in loaded.layers if isinstance(layer, bit_keras.StandardizedConv2D)} == {1e-8}
+
+
+def test_variant_is_inferred_from_official_files(tmp_path, small_npz, small_state):
+    model = bit_keras.BiT("auto", weights=small_npz)
+    assert model.name == "R1-2-1-1x1" and model.weights_family == "official"
+    h5 = write_tf2_h5(tmp_path / "small.h5", small_state)
+    assert bit_keras.BiT(None, weights=h5).output.shape == (None, 5)
+
+
+def test_a_replaced_folder_left_aside_by_a_killed_writer_is_put_back(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "keep.txt").write_text("mine")
+    script = (
+        "import os, signal, sys\n"
+        "from bit_keras.checkpoints import writing\n"
+        "original = os.rename\n"
+        "def rename(src, dst):\n"
+        "    original(src, dst)\n"
+        "    if dst.endswith('.previous'):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "os.rename = rename\n"
+        "with writing.atomic_folder(sys.argv[1], overwrite=True) as tmp:\n"
+        "    open(os.path.join(tmp, 'new.txt'), 'w').close()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "export")], timeout=120)
+    assert result.returncode == -9 and not (tmp_path / "export").exists()
+    checkpoints.remove_stale(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["export"]
+    assert (tmp_path / "export" / "keep.txt").read_text() == "mine"

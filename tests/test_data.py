@@ -251,6 +251,11 @@ def test_from_arrays_errors_say_what_to_fix():
         data.from_arrays(images, [0, 3], num_classes=2)
     with pytest.warns(UserWarning, match="Multiply them by 255"):
         data.from_arrays(images + 0.5, [0, 1])
+    with pytest.raises(ValueError, match=r"integer class ids.*np.unique\(labels, return_inverse=True\)") as error:
+        data.from_arrays(images, np.array(["cat", "dog"]))
+    assert "astype(int)" not in str(error.value)
+    with pytest.raises(ValueError, match="whole numbers"):
+        data.from_arrays(images, [0.0, 1.0])
 
 
 def test_from_folder_skips_bad_files_and_converts_to_rgb(tmp_path):
@@ -268,21 +273,79 @@ def test_from_folder_skips_bad_files_and_converts_to_rgb(tmp_path):
     (tmp_path / "zebra" / "truncated.jpg").write_bytes((tmp_path / "zebra" / "photo.jpg").read_bytes()[:300])
     (tmp_path / "ant" / "notes.txt").write_text("not an image")
 
+    (tmp_path / "ant" / "fake.jpg").write_text("text under an image name")
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         source = data.from_folder(tmp_path)
     messages = [str(w.message) for w in caught if "from_folder" in str(w.message)]
+    # Start-up reads only headers: the wrong ending and the non-image are named
+    # there; the corrupt and the truncated file are dropped when read.
     assert len(messages) == 1
-    assert "skipped 3 file(s)" in messages[0] and str(tmp_path) in messages[0]
+    assert "skipped 2 file(s)" in messages[0] and str(tmp_path) in messages[0]
+    assert "notes.txt" in messages[0] and "fake.jpg" in messages[0]
 
     assert source.class_names == ["ant", "zebra"] and source.num_classes == 2
-    assert source.num_examples == 4
+    assert source.num_examples == 6  # files that passed the start-up check
     examples = list(source.dataset.as_numpy_iterator())
     assert len(examples) == 4 and all(image.shape == (10, 12, 3) and image.dtype == np.uint8 for image, _ in examples)
     assert sorted(int(label) for _, label in examples) == [0, 0, 1, 1]
     labels_of = lambda expected: [int(label) for image, label in examples if np.array_equal(image, expected)]
     assert labels_of(np.repeat(gray[..., None], 3, axis=-1)) == [0]  # ant/gray.PNG
     assert labels_of(rgba[..., :3]) == [1]  # zebra/rgba.png
+    assert len(list(source.dataset.as_numpy_iterator())) == 4  # every pass drops the same files
+
+
+@pytest.mark.parametrize("extensions", [".png", "PNG", [".png"], ("png", ".PNG")])
+def test_from_folder_extensions_as_string_or_sequence(tmp_path, extensions):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / name / "x.png")
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / name / "y.jpg")
+    with pytest.warns(UserWarning, match="skipped 2 file"):
+        source = data.from_folder(tmp_path, extensions=extensions)
+    assert source.num_examples == 2
+
+
+@pytest.mark.parametrize("extensions", [[], "", [".png", 3], 5])
+def test_from_folder_refuses_bad_extensions(tmp_path, extensions):
+    (tmp_path / "a").mkdir()
+    with pytest.raises(ValueError, match="extensions must be a file ending"):
+        data.from_folder(tmp_path, extensions=extensions)
+
+
+def test_from_folder_warns_about_empty_class_folders(tmp_path):
+    for name in ("ant", "bee", "cat"):
+        (tmp_path / name).mkdir()
+    for name in ("ant", "cat"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / name / "x.png")
+    (tmp_path / "bee" / "notes.txt").write_text("no images here")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = data.from_folder(tmp_path)
+    empty = [str(w.message) for w in caught if "hold no readable images" in str(w.message)]
+    assert len(empty) == 1 and "'bee'" in empty[0] and "ant" not in empty[0]
+    assert source.class_names == ["ant", "bee", "cat"] and source.num_classes == 3
+    assert sorted(int(label) for _, label in source.dataset.as_numpy_iterator()) == [0, 2]
+
+
+def test_from_folder_reads_a_large_folder_by_headers(tmp_path, monkeypatch):
+    # Start-up must not decode images: only the first bytes of each file are read.
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(50):
+            Image.fromarray(np.full((6, 6, 3), i, np.uint8)).save(tmp_path / name / f"{i}.jpg")
+    decoded = []
+
+    def decode(path):
+        if tf.executing_eagerly():  # tracing the pipeline's map function is not decoding
+            decoded.append(path)
+        return tf.zeros((1, 1, 3), tf.uint8)
+
+    monkeypatch.setattr(data, "_decode_image", decode)
+    source = data.from_folder(tmp_path)
+    assert source.num_examples == 100 and decoded == []
+    assert len(list(source.dataset)) == 100
 
 
 def test_from_folder_without_class_folders_raises(tmp_path):

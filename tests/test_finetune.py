@@ -6,22 +6,13 @@ import numpy as np
 import pytest
 from conftest import requires_tensorflow
 from test_hyperrule import official_lr
+from toy_data import colour_task
 
 import bit_keras
 from bit_keras import data
 from bit_keras.finetune import BiTFineTuner
 
 TINY = bit_keras.Variant((1, 1, 1, 1), width=1)
-
-
-def colour_task(n=64, size=12, seed=0):
-    """Two classes a tiny model separates quickly: reddish versus bluish noise."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 2
-    images = rng.integers(0, 120, (n, size, size, 3))
-    images[labels == 0, ..., 0] += 130
-    images[labels == 1, ..., 2] += 130
-    return images.astype("uint8"), labels
 
 
 def tuner_for(model=None, **kwargs):

@@ -343,3 +343,64 @@ def test_cli_needs_a_variant_for_a_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli(["--weights", "BiT-M-R50x1.npz", "--out", str(tmp_path / "x")])
     assert "--variant is required" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- hardening (issue 13)
+
+
+@pytest.mark.parametrize("optimizer", ["tf_keras", "tf_keras_legacy", "keras"])
+def test_bit_reads_a_module_saved_with_its_optimizer(state, classifier_path, tmp_path, optimizer):
+    """The TF-Hub colab workflow: hold the module and an optimizer, fine-tune a step, tf.saved_model.save."""
+    import tf_keras
+
+    make = {
+        "tf_keras": lambda: tf_keras.optimizers.SGD(0.01, momentum=0.9),
+        "tf_keras_legacy": lambda: tf_keras.optimizers.legacy.SGD(0.01, momentum=0.9),
+        "keras": lambda: keras.optimizers.SGD(0.01, momentum=0.9),
+    }[optimizer]
+    module = tf.saved_model.load(classifier_path)
+    holder = tf.Module()
+    holder.hub, holder.optimizer = module, make()
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(module(images(32), training=True) ** 2)
+    grads = tape.gradient(loss, module.trainable_variables)
+    holder.optimizer.apply_gradients(zip(grads, module.trainable_variables))
+    path = str(tmp_path / "tuned")
+    tf.saved_model.save(holder, path)
+    restored = checkpoints.model_state(bit_keras.BiT(TINY, weights=path))
+    tuned = {v.name.split(":")[0]: v.numpy() for v in module.variables}
+    changed = 0
+    for key, value in restored.items():
+        expected = tuned[key][None, None] if key == checkpoints.HEAD_KERNEL and tuned[key].ndim == 2 else tuned[key]
+        np.testing.assert_array_equal(value, expected)
+        changed += not np.array_equal(value, state[key])
+    assert changed > 0  # the fine-tuned weights, not the exported ones
+
+
+def test_export_refuses_unbounded_ranges_and_nan_weights(state, tmp_path):
+    model = tiny_model(state)
+    for bad in ((0, float("inf")), (float("nan"), 1), (-float("inf"), 0)):
+        with pytest.raises(ValueError, match="two finite numbers"):
+            hub_export.export(model, str(tmp_path / "m"), input_range=bad)
+    model.get_layer("block1_unit01_b_conv").kernel.assign(np.full((3, 3, 64, 64), np.nan, "float32"))
+    with pytest.raises(ValueError, match=r"'resnet/block1/unit01/b/standardized_conv2d/kernel' holds .* NaN/Inf"):
+        hub_export.export(model, str(tmp_path / "m"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_honours_the_umask(state, tmp_path):
+    old = os.umask(0o022)
+    try:
+        hub_export.export(tiny_model(state), str(tmp_path / "m"))
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "m").st_mode & 0o777 == 0o755
+
+
+def test_cli_reports_an_unwritable_out_in_one_line(state, tmp_path, capsys):
+    weights = str(tmp_path / "tiny.npz")
+    bit_keras.save_official(tiny_model(state), weights)
+    assert cli(["--variant", "R1-1-1-1x1", "--weights", weights, "--out", "/proc/x"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "/proc/x" in err and len(err.splitlines()) == 1
+    assert "Traceback" not in err

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 from test_distribute import assert_same_training, finish, start, weights
-from test_finetune import colour_task
+from toy_data import colour_task
 
 import bit_keras
 from bit_keras import pretrain

@@ -3,9 +3,11 @@ import os
 import keras
 import numpy as np
 import pytest
-from reference import UNITS, layout
+from reference import UNITS, layout, random_state
+from reference import forward as reference_forward
 
 import bit_keras
+from bit_keras import checkpoints
 from bit_keras.checkpoints import official_weights
 from bit_keras.resnet import RELEASED_ARCHITECTURES
 
@@ -115,3 +117,44 @@ def test_model_fit_on_random_data(tiny):
     history = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
     assert not np.allclose(before, keras.ops.convert_to_numpy(model.get_layer("root_conv").kernel))
+
+
+# --- the epsilons the model uses (not the layer defaults) --------------------
+
+
+def _model_and_reference(state, x):
+    """The tiny model loaded with `state`, and its logits next to the NumPy reference's."""
+    model = bit_keras.BiT(bit_keras.Variant((1, 1, 1, 1)), num_classes=state["resnet/head/conv2d/bias"].shape[0])
+    checkpoints.load_state(model, state, "test state")
+    return model.predict(x, verbose=0).astype(np.float64), reference_forward(state, x, (1, 1, 1, 1))
+
+
+def _assert_reference_parity(logits, expected):
+    scale = np.abs(expected).max()
+    assert np.abs(logits - expected).max() <= 3e-4 * scale
+
+
+def test_model_weight_standardization_epsilon_is_1e_10():
+    # The last conv of the first unit feeds the residual sum directly. Its
+    # kernels get a variance of 1e-10 per output channel: standardised with
+    # eps 1e-10 they reach unit scale, with timm's 1e-8 a 7x smaller one.
+    state = random_state((1, 1, 1, 1), 1, 5, seed=3)
+    key = "resnet/block1/unit01/c/standardized_conv2d/kernel"
+    rng = np.random.default_rng(4)
+    state[key] = (rng.standard_normal(state[key].shape) * 1e-5).astype(np.float32)
+    x = rng.uniform(-1, 1, (2, 48, 48, 3)).astype("float32")
+    logits, expected = _model_and_reference(state, x)
+    _assert_reference_parity(logits, expected)
+    # The same check tells the two epsilons apart on these weights.
+    assert np.abs(reference_forward(state, x, (1, 1, 1, 1), ws_eps=1e-8) - expected).max() > 0.05 * np.abs(expected).max()
+
+
+def test_model_group_norm_epsilon_is_1e_5():
+    # Near-constant images: the root conv's outputs have a variance near 5e-5,
+    # so the first GroupNorm's epsilon (1e-5, not Keras' 1e-3) sets their scale.
+    state = random_state((1, 1, 1, 1), 1, 5, seed=5)
+    rng = np.random.default_rng(6)
+    x = (rng.uniform(-1, 1, (2, 48, 48, 3)) * 1e-3).astype("float32")
+    logits, expected = _model_and_reference(state, x)
+    _assert_reference_parity(logits, expected)
+    assert np.abs(reference_forward(state, x, (1, 1, 1, 1), gn_eps=1e-3) - expected).max() > 0.05 * np.abs(expected).max()

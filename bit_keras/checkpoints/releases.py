@@ -1,0 +1,250 @@
+"""Published BiT weights by name: the official bucket, the Hugging Face Hub and Kaggle Models.
+
+- Bucket names (`"BiT-M-R50x1"`, `"BiT-S-R101x3-ILSVRC2012"`, `"BiT-M-R50x1.h5"`,
+  `"BiT-distill-R50x1-224"`, VTAB `"BiT-M-R50x1-run0-<task>"`) download once
+  into `cache_dir()` with a Keras progress bar.
+- Hugging Face repos (`"timm/resnetv2_50x1_bit.goog_in21k"`, `"google/bit-50"`)
+  download through `huggingface_hub.hf_hub_download` into its own cache
+  (shared with timm and transformers), with its progress bar.
+- Kaggle Models handles of the TF2 modules (`"kaggle:google/bit/tensorFlow2/m-r50x1"`,
+  or any `owner/model/framework/variation[/version]`) download through
+  `kagglehub.model_download` into its cache.
+
+huggingface_hub and kagglehub are optional and imported only when such a name
+is used. Every download is checked for truncation and deleted when incomplete.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import zipfile
+
+import keras
+
+BASE_URL = "https://storage.googleapis.com/bit_models"
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+    """One published checkpoint file."""
+
+    name: str
+    architecture: str  # e.g. "R50x1"
+    num_classes: int
+    path: str  # relative to BASE_URL
+
+    @property
+    def url(self):
+        import bit_keras.checkpoints as package  # read at call time, so BASE_URL can point at a mirror
+
+        return f"{package.BASE_URL}/{self.path}"
+
+
+def _releases():
+    from bit_keras.resnet import RELEASED_ARCHITECTURES, RELEASED_FAMILIES, UPSTREAM
+
+    table = {}
+    for family in RELEASED_FAMILIES:
+        for arch in RELEASED_ARCHITECTURES:
+            name = f"{family}-{arch}"
+            table[name] = Release(name, arch, UPSTREAM[family][1], f"{name}.npz")
+            table[f"{name}-ILSVRC2012"] = Release(f"{name}-ILSVRC2012", arch, 1000, f"{name}-ILSVRC2012.npz")
+            table[f"{name}.h5"] = Release(f"{name}.h5", arch, UPSTREAM[family][1], f"{name}.h5")
+    for resolution in (224, 160):
+        name = f"BiT-distill-R50x1-{resolution}"
+        table[name] = Release(name, "R50x1", 1000, f"distill/R50x1_{resolution}.npz")
+    return table
+
+
+RELEASES = _releases()
+_VTAB = re.compile(r"^(BiT-[SM]-(R\d+x\d))-run(\d+)-([a-z0-9_]+)$")
+_HF_REPO = re.compile(r"^(?:hf:|hf-hub:)?(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)$")
+_KAGGLE_FRAMEWORKS = "tensorflow1|tensorflow2|tfjs|tflite|keras|jax|flax|pytorch|transformers|other"
+_KAGGLE = re.compile(
+    r"^(?:kaggle:(?P<short>[\w.-]+/[\w.-]+/[\w.-]+/[\w.-]+(?:/\d+)?)"
+    rf"|(?P<long>[\w.-]+/[\w.-]+/(?i:{_KAGGLE_FRAMEWORKS})/[\w.-]+(?:/\d+)?))$"
+)
+
+
+def find_release(name):
+    """The `Release` called `name`, including the VTAB pattern, or None.
+
+    VTAB files are named `BiT-{S,M}-R{..}x{..}-run{n}-{task}` (their heads have
+    the task's classes, read from the file itself).
+    """
+    if name in RELEASES:
+        return RELEASES[name]
+    match = _VTAB.match(name)
+    if match:
+        return Release(name, match[2], None, f"vtab/{name}.npz")
+    return None
+
+
+def cache_dir():
+    """Folder of downloaded bucket checkpoints: $BIT_KERAS_CACHE or ~/.keras/bit_keras."""
+    return os.environ.get("BIT_KERAS_CACHE") or os.path.join(os.path.expanduser("~"), ".keras", "bit_keras")
+
+
+def fetch(name):
+    """The local path of the release called `name`, downloaded if needed, or None if no source knows it.
+
+    Example:
+
+    >>> fetch("no such release") is None
+    True
+    """
+    if find_release(name) is not None:
+        return download(name)
+    kaggle = _KAGGLE.match(name)
+    if kaggle:
+        return download_kaggle(kaggle["short"] or kaggle["long"])
+    hf = _HF_REPO.match(name)
+    if hf and not os.path.splitext(name)[1] in (".npz", ".h5", ".keras", ".safetensors", ".pth", ".bin"):
+        return download_hf(hf["repo"])
+    return None
+
+
+def download(name, origin=None):
+    """Downloads a known bucket release once into `cache_dir()` and returns its path.
+
+    `origin` overrides the release URL (a mirror, or a `file://` URL). A file
+    that does not open as a checkpoint, such as a truncated download, is
+    deleted and refused.
+    """
+    release = find_release(name)
+    if release is None:
+        known = ", ".join(sorted(RELEASES)[:6])
+        raise ValueError(
+            f"{name!r} is not a known BiT release (e.g. {known}, ...; VTAB: 'BiT-M-R50x1-run0-<task>'). "
+            f"Pass a local .npz/.h5 path instead."
+        )
+    folder = cache_dir()
+    os.makedirs(folder, exist_ok=True)
+    filename = os.path.basename(release.path) if not release.path.startswith("distill/") else f"{name}.npz"
+    path = keras.utils.get_file(fname=filename, origin=origin or release.url, cache_dir=folder, cache_subdir=".")
+    _checked(path, f"{name} from {origin or release.url}")
+    return path
+
+
+def download_hf(repo):
+    """Downloads a timm or transformers BiT repo from the Hugging Face Hub; returns a file or folder.
+
+    A transformers repo (config.json with model_type "bit") gives its
+    snapshot folder (config.json + model.safetensors); a timm repo gives its
+    model.safetensors file.
+    """
+    from bit_keras.checkpoints.formats import require
+
+    try:
+        hub = require("huggingface_hub", "huggingface_hub")
+    except ImportError as error:
+        raise ImportError(f"weights={repo!r} is no local file or folder; as a Hugging Face repo name: {error}") from None
+    try:
+        config_path = hub.hf_hub_download(repo_id=repo, filename="config.json")
+    except Exception as error:
+        raise ValueError(
+            f"{repo!r} is no local file or folder, and could not be fetched as a repo from the Hugging Face Hub "
+            f"({type(error).__name__}: {error}). "
+            f"Check the name (e.g. 'timm/resnetv2_50x1_bit.goog_in21k', 'google/bit-50') and the network, "
+            f"or pass a local file."
+        ) from None
+    with open(config_path) as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError:
+            config = {}
+    weights = hub.hf_hub_download(repo_id=repo, filename="model.safetensors")
+    _checked(weights, f"{repo} (model.safetensors)")
+    if config.get("model_type") == "bit":
+        return os.path.dirname(weights)  # the snapshot folder: config.json + model.safetensors
+    return weights
+
+
+def download_kaggle(handle):
+    """Downloads a Kaggle Models handle (a TF2 SavedModel of BiT) and returns its folder."""
+    from bit_keras.checkpoints.formats import require
+
+    try:
+        kagglehub = require("kagglehub", "kagglehub")
+    except ImportError as error:
+        raise ImportError(f"weights={handle!r} is no local file or folder; as a Kaggle Models handle: {error}") from None
+    try:
+        folder = kagglehub.model_download(handle)
+    except Exception as error:
+        raise ValueError(
+            f"{handle!r} could not be fetched from Kaggle Models ({type(error).__name__}: {error}). "
+            f"Check the handle (e.g. 'google/bit/tensorFlow2/m-r50x1') and the network, or pass a local folder."
+        ) from None
+    _checked(folder, f"Kaggle model {handle}")
+    return folder
+
+
+def _checked(path, what):
+    try:
+        check_complete(path)
+    except ValueError as error:
+        real = os.path.realpath(path)
+        for target in {path, real}:
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target, ignore_errors=True)
+            elif os.path.lexists(target):
+                os.remove(target)
+        raise ValueError(
+            f"The download of {what} is not a complete checkpoint and was deleted ({error}). Try again; "
+            f"if it persists, download the file by hand and pass its path."
+        ) from None
+
+
+def check_complete(path):
+    """Opens a file's index (zip directory, HDF5 superblock, safetensors header) or a SavedModel's: cheap, fails on truncation."""
+    import h5py
+
+    if os.path.isdir(path):
+        _check_saved_model(path)
+        return
+    with open(path, "rb") as f:
+        magic = f.read(9)
+    size = os.path.getsize(path)
+    try:
+        if magic.startswith(b"PK"):
+            with zipfile.ZipFile(path) as archive:
+                archive.namelist()
+        elif magic.startswith(b"\x89HDF"):
+            with h5py.File(path, "r") as f:
+                f.visit(lambda name: None)
+        elif len(magic) == 9 and magic[8:9] == b"{":
+            _check_safetensors(path, size)
+        else:
+            raise ValueError("neither a zip (.npz), an HDF5 (.h5) nor a .safetensors file")
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(str(error)) from None
+
+
+def _check_safetensors(path, size):
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        if 8 + length > size:
+            raise ValueError(f"the header says {length} bytes but the file has {size}")
+        try:
+            header = json.loads(f.read(length))
+        except ValueError:
+            raise ValueError("its header is not valid JSON") from None
+    end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    if 8 + length + end > size:
+        raise ValueError(f"the tensors end at byte {8 + length + end} but the file has {size} bytes")
+
+
+def _check_saved_model(path):
+    index = os.path.join(path, "variables", "variables.index")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return  # a transformers folder: its model.safetensors was checked
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")) or not os.path.isfile(index):
+        raise ValueError(f"{path} has no saved_model.pb or variables/variables.index")
+    import tensorflow as tf
+
+    try:
+        tf.train.load_checkpoint(index[: -len(".index")]).get_variable_to_shape_map()
+    except tf.errors.OpError as error:
+        raise ValueError(str(error).splitlines()[0]) from None

@@ -1,0 +1,286 @@
+"""Writers of every family, and the one atomic-write mechanism they (and hub_export) use.
+
+A file or folder is written under a temporary name beside its target,
+`.{name}.bit-keras-tmp.{host}.{pid}.{random}`, and renamed when complete, so
+the target never holds half a file. Temporary names left by a writer that
+died (`kill -9`) are recognised by that pattern and removed by the next write
+to the same folder once their process is gone. Files and folders get the
+usual permissions (0666 / 0777 less the umask), not mkstemp's owner-only ones.
+An existing target is refused unless `overwrite=True`.
+"""
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+
+import numpy as np
+
+from bit_keras.checkpoints.mapping import HEAD_BIAS, HEAD_KERNEL, from_official, model_state
+from bit_keras.checkpoints.validate import check_values
+
+_TAG = ".bit-keras-tmp"
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+_TEMPORARY = re.compile(
+    rf"^\.(?P<base>.+){re.escape(_TAG)}\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[0-9a-f]+(?P<previous>\.previous)?$"
+)
+
+
+def refuse_existing(path, overwrite):
+    """FileExistsError naming `path` when it exists and `overwrite` is False."""
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it, or choose another path.")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(folder):
+    """Removes temporary files and folders of dead writers on this host from `folder`; returns their names.
+
+    A writer killed while replacing a folder may leave the old one only
+    under its `.previous` name: that one is put back where it was.
+    """
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = _TEMPORARY.match(name)
+        if match and match["host"] == _HOST and not _alive(int(match["pid"])):
+            target = os.path.join(folder, match["base"])
+            if match["previous"] and not os.path.lexists(target):
+                os.rename(os.path.join(folder, name), target)
+            else:
+                _remove(os.path.join(folder, name))
+            removed.append(name)
+    return removed
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def _prepare(path, overwrite):
+    """Absolute path, its folder created, the stale temporaries there removed, a fresh temporary name."""
+    path = os.path.abspath(os.fspath(path))
+    refuse_existing(path, overwrite)
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"Cannot create the folder {folder} for {path}: {error.strerror or error}.") from None
+    remove_stale(folder)
+    name = f".{os.path.basename(path)}{_TAG}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}"
+    return path, os.path.join(folder, name)
+
+
+@contextlib.contextmanager
+def atomic_file(path, overwrite=False):
+    """Yields a temporary file name beside `path`; renamed to `path` when the body succeeds.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> target = os.path.join(tempfile.mkdtemp(), "a.txt")
+    >>> with atomic_file(target) as tmp:
+    ...     _ = open(tmp, "w").write("done")
+    >>> open(target).read(), os.listdir(os.path.dirname(target))
+    ('done', ['a.txt'])
+    """
+    path, tmp = _prepare(path, overwrite)
+    try:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask applies
+    except OSError as error:
+        raise OSError(f"Cannot write {path}: {error.strerror or error}. Choose a writable folder.") from None
+    try:
+        yield tmp
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if something appeared at `path` meanwhile
+            except FileExistsError:
+                refuse_existing(path, overwrite)
+            except OSError:  # no hard links on this file system
+                refuse_existing(path, overwrite)
+                os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_folder(path, overwrite=False):
+    """Yields a temporary folder beside `path`; renamed to `path` once the body succeeds."""
+    path, tmp = _prepare(path, overwrite)
+    try:
+        os.mkdir(tmp, 0o777)  # the umask applies
+    except OSError as error:
+        raise OSError(f"Cannot write {path}: {error.strerror or error}. Choose a writable folder.") from None
+    previous = None
+    try:
+        yield tmp
+        refuse_existing(path, overwrite)  # again: something may have appeared there meanwhile
+        if os.path.lexists(path):
+            previous = f"{tmp}.previous"
+            os.rename(path, previous)
+        os.rename(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        if previous and os.path.lexists(previous) and not os.path.lexists(path):
+            os.rename(previous, path)
+        raise
+    if previous:
+        _remove(previous)
+
+
+# ----------------------------------------------------------------- the writers
+
+
+def _state_to_write(model, writer):
+    state = model_state(model)
+    if not state:
+        raise ValueError(
+            f"{writer}: model {model.name!r} has no BiT weights (no layer named like 'root_conv', "
+            f"'block1_unit01_a_conv', ...), so nothing would be written. Pass a model built by bit_keras.BiT "
+            f"(not a model wrapping it)."
+        )
+    check_values(state, f"{writer}: model {model.name!r}", action="written")
+    return state
+
+
+def save_official(model, path, overwrite=False):
+    """Writes `model` as an official BiT `.npz` checkpoint, atomically.
+
+    The file loads in the official BiT code and in timm (`_load_weights`). A
+    model built with `include_top=False` writes a headless backbone: timm
+    loads it with `num_classes=0`, the official code with `zero_head=True`.
+    An existing file is refused unless `overwrite=True`; NaN/Inf weights are
+    refused by key.
+
+    Example:
+
+    >>> import bit_keras, tempfile, os
+    >>> model = bit_keras.BiT(bit_keras.Variant((1, 1, 1, 1)), num_classes=2)
+    >>> path = os.path.join(tempfile.mkdtemp(), "tiny.npz")
+    >>> bit_keras.save_official(model, path)
+    >>> bit_keras.BiT(bit_keras.Variant((1, 1, 1, 1)), weights=path).output.shape
+    (None, 2)
+    """
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        raise ValueError(f"save_official writes the official .npz layout; give a path ending in .npz, got {path!r}.")
+    state = _state_to_write(model, "save_official")
+    with atomic_file(path, overwrite) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **state)
+
+
+def save_timm(model, path, overwrite=False):
+    """Writes `model` as a timm ResNetV2-BiT state dict in `.safetensors`, atomically.
+
+    It loads with `timm.create_model("resnetv2_50x1_bit", pretrained=True,
+    num_classes=K, pretrained_cfg_overlay=dict(file=path, num_classes=K))`
+    (timm drops a head whose size differs from the pretrained config's, hence
+    `num_classes` in the overlay too). A model built with `include_top=False`
+    writes a headless backbone: load it with `num_classes=0`. timm uses
+    weight-standardisation epsilon 1e-8 (see `BiT(ws_epsilon=...)`).
+
+    Example:
+
+    >>> import bit_keras, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "tiny.safetensors")
+    >>> save_timm(bit_keras.BiT(bit_keras.Variant((1, 1, 1, 1)), num_classes=2), path)
+    >>> bit_keras.BiT("auto", weights=path).output.shape
+    (None, 2)
+    """
+    from bit_keras.checkpoints.formats import require
+
+    safetensors_numpy = require("safetensors.numpy", "safetensors")
+    path = os.fspath(path)
+    if not path.endswith(".safetensors"):
+        raise ValueError(f"save_timm writes a .safetensors file; give a path ending in .safetensors, got {path!r}.")
+    state = from_official("timm", _state_to_write(model, "save_timm"))
+    with atomic_file(path, overwrite) as tmp:
+        safetensors_numpy.save_file(state, tmp, metadata={"format": "pt"})
+
+
+def transformers_config(state, class_names=None):
+    """The `config.json` of a transformers Bit model for an official-layout state."""
+    from bit_keras.checkpoints.mapping import infer_variant
+
+    variant = infer_variant(state)
+    if variant is None:
+        raise ValueError("The model's weights are not a BiT layout; nothing to describe in config.json.")
+    classes = int(state[HEAD_BIAS].shape[0]) if HEAD_BIAS in state else 0
+    if class_names is not None:
+        class_names = [str(name) for name in class_names]
+        if len(class_names) != classes:
+            raise ValueError(f"class_names has {len(class_names)} names but the head has {classes} classes.")
+    config = {
+        "architectures": ["BitForImageClassification" if classes else "BitModel"],
+        "model_type": "bit",
+        "num_channels": 3,
+        "embedding_size": 64 * variant.width,
+        "hidden_sizes": [256, 512, 1024, 2048],
+        "depths": list(variant.units),
+        "width_factor": variant.width,
+        "layer_type": "preactivation",
+        "hidden_act": "relu",
+        "global_padding": None,
+        "num_groups": 32,
+        "embedding_dynamic_padding": False,
+        "output_stride": 32,
+        "drop_path_rate": 0.0,
+    }
+    if classes:
+        names = class_names or [f"LABEL_{i}" for i in range(classes)]
+        config["id2label"] = {str(i): name for i, name in enumerate(names)}
+        config["label2id"] = {name: i for i, name in enumerate(names)}
+    return config
+
+
+def save_transformers(model, path, class_names=None, overwrite=False):
+    """Writes `model` as a transformers Bit folder (`config.json` + `model.safetensors`), atomically.
+
+    `BitForImageClassification.from_pretrained(path)` loads it with the
+    model's head (`config.num_labels`, and `id2label` from `class_names`); a
+    model built with `include_top=False` writes a headless `BitModel`.
+    transformers uses weight-standardisation epsilon 1e-8.
+
+    Example:
+
+    >>> import bit_keras, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "tiny-bit")
+    >>> model = bit_keras.BiT(bit_keras.Variant((1, 1, 1, 1)), num_classes=2)
+    >>> save_transformers(model, path, class_names=["cat", "dog"])
+    >>> sorted(os.listdir(path))
+    ['config.json', 'model.safetensors']
+    """
+    from bit_keras.checkpoints.formats import require
+
+    safetensors_numpy = require("safetensors.numpy", "safetensors")
+    official = _state_to_write(model, "save_transformers")
+    config = transformers_config(official, class_names)
+    state = from_official("transformers", official)
+    if HEAD_KERNEL not in official:  # a BitModel: the body without the "bit." prefix
+        state = {key[len("bit."):]: value for key, value in state.items()}
+    with atomic_folder(path, overwrite) as folder:
+        safetensors_numpy.save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+            f.write("\n")
