@@ -2,7 +2,12 @@
 
 __version__ = "0.1.0"
 
-from bit_keras import data, distribute, hyperrule, training
+# First, before anything imports TensorFlow: its start-up log noise filtered out.
+from bit_keras import _quiet
+
+_quiet.quiet_import()
+
+from bit_keras import data, distribute, hyperrule, training  # noqa: E402 (after the quiet import)
 from bit_keras.checkpoints import save_official, save_timm, save_transformers
 from bit_keras.finetune import BiTFineTuner
 from bit_keras.hyperrule import HyperRule

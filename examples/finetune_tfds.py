@@ -1,47 +1,53 @@
 """Fine-tunes BiT on a tensorflow-datasets task with the BiT-HyperRule.
 
-    python -m examples.finetune_tfds --dataset cifar10 --variant BiT-M-R50x1 --weights BiT-M-R50x1.npz
-    python -m examples.finetune_tfds --dataset oxford_iiit_pet --batch_split 8
-    python -m examples.finetune_tfds --dataset oxford_flowers102 --examples_per_class 5
+    python examples/finetune_tfds.py --dataset cifar10 --variant BiT-M-R50x1 --weights BiT-M-R50x1.npz
+    python examples/finetune_tfds.py --dataset oxford_iiit_pet --batch_split 8
+    python examples/finetune_tfds.py --dataset oxford_flowers102 --examples_per_class 5 --strategy tpu --tpu my-tpu
 
-The datasets are downloaded by tensorflow-datasets on first use.
+Splits as the official release: CIFAR trains on train[:98%], validates on
+train[98%:] and reports on test; other datasets use their own validation and
+test splits (`bit_keras.tasks`). tensorflow-datasets downloads the data on
+first use. `bit-keras finetune` does the same with every flag.
 """
 
-from absl import app, flags
+import argparse
 
-from bit_keras import data
-from examples import common
-
-# TFDS name -> (train split, evaluation split)
-DATASETS = {
-    "cifar10": ("train", "test"),
-    "cifar100": ("train", "test"),
-    "oxford_iiit_pet": ("train", "test"),
-    "oxford_flowers102": ("train", "test"),
-}
-
-flags.DEFINE_enum("dataset", "cifar10", sorted(DATASETS), "The downstream task.")
-flags.DEFINE_string("data_dir", None, "tensorflow-datasets data folder.")
-flags.DEFINE_integer("examples_per_class", None, "Few-shot: train on this many examples per class.")
-common.define_model_flags()
-FLAGS = flags.FLAGS
+import bit_keras
+from bit_keras import tasks
 
 
-def main(argv):
-    del argv
-    train_split, test_split = DATASETS[FLAGS.dataset]
-    print(f"[data] loading {FLAGS.dataset} ({train_split} / {test_split})")
-    train = data.from_tfds(FLAGS.dataset, train_split, data_dir=FLAGS.data_dir)
-    test = data.from_tfds(FLAGS.dataset, test_split, data_dir=FLAGS.data_dir)
-    if FLAGS.examples_per_class:
-        train = data.few_shot(train, FLAGS.examples_per_class, seed=FLAGS.seed)
-    print(f"[data] {train.num_examples} training and {test.num_examples} test examples, {train.num_classes} classes")
-    print(f"[model] {FLAGS.variant}, weights {FLAGS.weights}")
-    tuner = common.make_tuner(train.num_classes)
-    tuner.fit(train, validation_data=test)
-    print(f"[eval] {tuner.evaluate(test, verbose=0)}")
-    common.save(tuner.model)
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, oxford_iiit_pet, oxford_flowers102, ...")
+    parser.add_argument("--examples_per_class", type=int, help="few-shot: train on k examples per class")
+    parser.add_argument("--variant", default="BiT-M-R50x1")
+    parser.add_argument("--weights", default="release", help="'release', 'none', or a checkpoint file")
+    parser.add_argument("--batch_size", type=int, default=512)
+    parser.add_argument("--batch_split", type=int, default=1, help="micro-batches per update, to fit in memory")
+    parser.add_argument("--steps", type=int, help="override the HyperRule's steps (quick runs)")
+    parser.add_argument("--strategy", help="auto, default, mirrored, multi_worker or tpu (the tuner's default: auto)")
+    parser.add_argument("--tpu", help="TPU name or address, with --strategy tpu")
+    parser.add_argument("--save", help="write the fine-tuned model: .keras, or .npz (official layout)")
+    args = parser.parse_args(argv)
+
+    task = tasks.load(args.dataset, examples_per_class=args.examples_per_class)
+    print(f"[data] {task.name}: {task.train.num_examples} training, {task.test.num_examples} test examples, {task.train.num_classes} classes")
+    distribution = {key: value for key, value in (("strategy", args.strategy), ("tpu", args.tpu)) if value is not None}
+    tuner = bit_keras.BiTFineTuner(
+        args.variant,
+        weights=None if args.weights == "none" else args.weights,
+        num_classes=task.train.num_classes,
+        batch_size=args.batch_size,
+        batch_split=args.batch_split,
+        steps=args.steps,
+        **distribution,
+    )
+    tuner.fit(task.train, validation_data=task.validation)
+    print(f"[eval] test top-1 {tuner.evaluate(task.test, verbose=0)['accuracy']:.4f}")
+    if args.save:
+        bit_keras.save_official(tuner.model, args.save) if args.save.endswith(".npz") else tuner.model.save(args.save)
+        print(f"[save] wrote {args.save}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

@@ -17,6 +17,8 @@ Example:
 >>> layer = hub_export.load(path, trainable=True)
 """
 
+# First: importing bit_keras filters TensorFlow's start-up log noise (bit_keras/_quiet.py).
+import bit_keras  # noqa: F401, I001
 from hub_export.exporter import FLAVORS, export
 from hub_export.loader import HubModuleLayer, load
 from hub_export.metadata import read_metadata

@@ -13,12 +13,8 @@ import os
 import sys
 
 
-
-def _parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m hub_export",
-        description="Writes a BiT model as a reusable TF-Hub-format SavedModel (images in [0, 1] by default).",
-    )
+def add_arguments(parser):
+    """The export flags, on `parser`: shared by `python -m hub_export` and `bit-keras export`."""
     parser.add_argument(
         "--weights",
         required=True,
@@ -38,7 +34,11 @@ def _parse_args(argv):
         help="low,high of the images the module will take (default 0,1 as the TF-Hub BiT modules; 0,255 for pixels)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check_args(parser, args):
+    """Checks the flags together (`parser.error` exits with a message); returns `args`."""
     is_keras_file = args.weights.endswith(".keras")
     if not is_keras_file and not args.variant:
         parser.error("--variant is required with a checkpoint (a .keras file names its own architecture).")
@@ -46,11 +46,21 @@ def _parse_args(argv):
         parser.error("--variant and --num_classes do not apply to a .keras file, which holds the whole model.")
     if args.num_classes and args.flavor != "classification":
         parser.error("--num_classes gives a new head, which only --flavor classification has.")
-    try:
-        args.input_range = tuple(float(v) for v in args.input_range.split(","))
-    except ValueError:
-        parser.error(f"--input_range must be two numbers such as 0,1; got {args.input_range!r}.")
+    if isinstance(args.input_range, str):
+        try:
+            args.input_range = tuple(float(v) for v in args.input_range.split(","))
+        except ValueError:
+            parser.error(f"--input_range must be two numbers such as 0,1; got {args.input_range!r}.")
     return args
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m hub_export",
+        description="Writes a BiT model as a reusable TF-Hub-format SavedModel (images in [0, 1] by default).",
+    )
+    add_arguments(parser)
+    return check_args(parser, parser.parse_args(argv))
 
 
 def _load_model(args):
@@ -98,7 +108,14 @@ def _summary(path, record):
 
 def main(argv=None):
     """Runs the command line; returns the exit status."""
-    args = _parse_args(argv)
+    return run(_parse_args(argv))
+
+
+def run(args):
+    """Exports as the parsed flags say; returns the exit status."""
+    from bit_keras import _quiet
+
+    _quiet.quiet_absl()
     if os.path.lexists(args.out) and not args.overwrite:  # before the slow loading
         print(f"error: {args.out} already exists; pass --overwrite to replace it, or another --out.", file=sys.stderr)
         return 1

@@ -1,0 +1,82 @@
+"""Quiet TensorFlow's start-up logging: one place that every entry point shares.
+
+Importing TensorFlow on a machine without a GPU prints about nine lines to
+stderr (`Could not find cuda drivers`, `failed call to cuInit`, the oneDNN and
+CPU-instruction notices, `All log messages before absl::InitializeLog()`),
+none of which a user can act on. `bit_keras/__init__.py` runs `quiet_import()`
+before anything imports TensorFlow, so `bit-keras`, `python -m hub_export`, the
+example scripts and `import bit_keras` all start quietly.
+
+Set `TF_CPP_MIN_LOG_LEVEL=0` to see every line again: then nothing here
+changes anything. (Not 1: Keras sets 1 when it imports TensorFlow, and child
+processes inherit it, so 1 does not tell a user's request apart.)
+"""
+
+import os
+import re
+import sys
+import tempfile
+
+# Lines that TensorFlow writes at start-up and that carry no information a user can act on.
+NOISE = re.compile(
+    "|".join(
+        [
+            r"All log messages before absl::InitializeLog\(\) is called",
+            r"cudart_stub\.cc",
+            r"Could not find cuda drivers",
+            r"failed call to cuInit",
+            r"oneDNN custom operations are on",
+            r"cpu_feature_guard\.cc",
+            r"To enable the following instructions: .* rebuild TensorFlow",
+            r"Unable to register cu(DNN|FFT|BLAS) factory",
+            r"computation placer already registered",
+            r"TF-TRT Warning",
+        ]
+    )
+)
+
+
+def quiet_import():
+    """Imports TensorFlow with its start-up noise filtered out of stderr.
+
+    Does nothing when TensorFlow is already imported or `TF_CPP_MIN_LOG_LEVEL`
+    is 0 (every line asked for). Otherwise sets it to 2 (errors
+    only) unless it is higher already, sends
+    stderr to a temporary file while TensorFlow loads and enumerates its
+    devices (which is where the `cuInit` error comes from; the devices stay
+    configurable), then writes back every captured line that is not known
+    noise. Python absl warnings are left alone here; see `quiet_absl`.
+    """
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "")
+    if "tensorflow" in sys.modules or level == "0":
+        return
+    if level not in ("2", "3"):
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    try:
+        stderr_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # e.g. a notebook's stderr has no file descriptor
+        stderr_fd = 2
+    with tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(stderr_fd)
+        os.dup2(captured.fileno(), stderr_fd)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        except ImportError:
+            pass  # the import that needs TensorFlow reports it, with its own message
+        finally:
+            os.dup2(saved, stderr_fd)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines() if not NOISE.search(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
+def quiet_absl():
+    """Entry points only: absl's Python warnings (e.g. `WARNING:absl:...` from Keras saving) off."""
+    from absl import logging
+
+    logging.set_verbosity(logging.ERROR)

@@ -1,0 +1,341 @@
+"""The transfer demo: pre-train upstream, export, few-shot fine-tune, compare with scratch.
+
+BiT's promise in one run on scikit-learn's embedded digits (no download):
+
+1. upstream: a small BiT is pre-trained with `BiTPretrainer` on the digits 0-4;
+2. export: it is written as a TF-Hub-format SavedModel with `hub_export.export`
+   and read back with `bit_keras.BiT(variant, weights=<folder>, num_classes=5)`,
+   as a user of a published module would;
+3. transfer: it is fine-tuned with `BiTFineTuner` on the digits 5-9, never seen
+   upstream, from k = 1, 2, 5, 10 examples per class and from the full
+   training split, with several seeds;
+4. scratch: the same architecture, the same data, the same tuner and budget,
+   from random weights (`weights=None`).
+
+It prints a table (k / transfer / scratch / gain), says whether transfer
+helped, and writes `results.json` and `few_shot.png` into `--out`. The
+upstream model is cached there (`upstream/`, with `upstream.json` naming its
+recipe): a re-run reuses it, `--force_upstream` pre-trains again.
+
+Run it as `bit-keras demo`, `python -m examples.transfer_demo` or
+`python examples/transfer_demo.py`; all three call `main` here, so the
+library never imports `examples/`. `--seeds`, `--shots`, `--upstream_steps`
+and `--finetune_steps` shorten it (the tests run it so).
+
+Example (the pieces, without training):
+
+>>> upstream, downstream, test = digits()
+>>> upstream.num_classes, downstream.num_classes, test.num_classes
+(5, 5, 5)
+>>> parse_shots("1,5,full")
+(1, 5, 'full')
+>>> print(table([row(1, [0.6, 0.8], [0.4, 0.4])]))
+examples/class   transfer       scratch        gain
+1                0.700 ± 0.100  0.400 ± 0.000  +0.300
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import time
+
+import numpy as np
+
+import bit_keras
+from bit_keras import data
+
+VARIANT = bit_keras.Variant(units=(1, 1, 1, 1), width=1)  # "R1-1-1-1x1": 8M parameters
+UPSTREAM_DIGITS = (0, 1, 2, 3, 4)
+DOWNSTREAM_DIGITS = (5, 6, 7, 8, 9)
+SHOTS = (1, 2, 5, 10, "full")
+UPSTREAM_DIR = "upstream"  # the TF-Hub-format SavedModel, inside --out
+UPSTREAM_RECORD = "upstream.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Every number of a demo run. The defaults finish in under 5 minutes on 2 CPU cores."""
+
+    upstream_steps: int = 150
+    upstream_batch_size: int = 16
+    upstream_base_lr: float = 0.8  # LR = base_lr * batch / 256 = 0.05, scaled as BiT-S/M scale it
+    image_size: int = 16  # upstream resolution, and the fine-tuning crop (the digits are 8x8)
+    finetune_steps: int = 15
+    finetune_batch_size: int = 8
+    finetune_base_lr: float = 0.64  # LR = base_lr * batch / 512 = 0.01, as the HyperRule scales it; the same for scratch
+    resize: int = 20  # fine-tuning: resize to 20, random crop to 16
+    seeds: int = 2
+    shots: tuple = SHOTS
+
+    def upstream(self):
+        """What the cached upstream model depends on."""
+        keys = ("upstream_steps", "upstream_batch_size", "upstream_base_lr", "image_size")
+        return {"variant": VARIANT.name, **{key: getattr(self, key) for key in keys}}
+
+
+def digits():
+    """(upstream train on 0-4, downstream train on 5-9, downstream test on 5-9) `Source`s.
+
+    The 1,797 8x8 digits of scikit-learn, scaled to [0, 255], split 80/20 with a
+    fixed seed; the downstream labels 5-9 become 0-4.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype("uint8")
+    labels = bunch.target
+    order = np.random.default_rng(0).permutation(len(images))
+    train, test = order[: len(order) * 4 // 5], order[len(order) * 4 // 5 :]
+
+    def subset(indices, digits_kept):
+        indices = indices[np.isin(labels[indices], digits_kept)]
+        return data.from_arrays(images[indices], labels[indices] - digits_kept[0], num_classes=len(digits_kept))
+
+    return subset(train, UPSTREAM_DIGITS), subset(train, DOWNSTREAM_DIGITS), subset(test, DOWNSTREAM_DIGITS)
+
+
+def pretrain(source, recipe, out, force=False):
+    """The upstream phase: the SavedModel folder of a model pre-trained on `source`.
+
+    Reuses `out/upstream/` when `out/upstream.json` records the same recipe and
+    `force` is False; otherwise pre-trains with `BiTPretrainer` and exports it
+    with `hub_export.export` (atomically, so a killed run leaves no half module).
+    """
+    import hub_export  # imported here: the core library never needs it
+
+    folder = os.path.join(out, UPSTREAM_DIR)
+    record_path = os.path.join(out, UPSTREAM_RECORD)
+    cached = _read_json(record_path) if os.path.isdir(folder) else None
+    if cached and not force and cached.get("recipe") == recipe.upstream():
+        print(
+            f"[1/4] upstream: reusing the cached model in {folder} (pre-trained on digits 0-4 for "
+            f"{recipe.upstream_steps} steps, accuracy {cached['accuracy']:.3f}); --force_upstream redoes it"
+        )
+        return folder
+    reason = "--force_upstream" if cached and force else "recipe changed" if cached else "no cached model"
+    print(
+        f"[1/4] upstream: pre-training {VARIANT.name} with BiTPretrainer on digits 0-4 "
+        f"({source.num_examples} images, {recipe.upstream_steps} steps at {recipe.image_size} px; {reason})"
+    )
+    start = time.time()
+    pretrainer = bit_keras.BiTPretrainer(
+        VARIANT,
+        num_classes=source.num_classes,
+        batch_size=recipe.upstream_batch_size,
+        base_lr=recipe.upstream_base_lr,
+        steps=recipe.upstream_steps,
+        image_size=recipe.image_size,
+        seed=0,
+    )
+    history = pretrainer.fit(source, verbose=1)
+    accuracy = float(history.history["accuracy"][-1])
+    print(f"[2/4] export: writing the upstream model as a TF-Hub-format SavedModel to {folder}")
+    hub_export.export(pretrainer.model, folder, flavor="feature_vector", overwrite=True)
+    _write_json(record_path, {"recipe": recipe.upstream(), "accuracy": accuracy, "seconds": round(time.time() - start, 1)})
+    print(f"      upstream training accuracy {accuracy:.3f} in {time.time() - start:.0f} s")
+    return folder
+
+
+def finetune(init, source, test, recipe, seed):
+    """(test accuracy, tuner) of one `BiTFineTuner` run from `init` (a SavedModel folder, or None: scratch)."""
+    model = bit_keras.BiT(VARIANT, weights=init, num_classes=source.num_classes)
+    tuner = bit_keras.BiTFineTuner(
+        model,
+        batch_size=recipe.finetune_batch_size,
+        base_lr=recipe.finetune_base_lr,
+        steps=recipe.finetune_steps,
+        sizes=(recipe.resize, recipe.image_size),
+        seed=seed,
+    )
+    with contextlib.redirect_stdout(io.StringIO()):  # the rule's table, printed once by `compare`
+        tuner.fit(source, verbose=0)
+    return float(tuner.evaluate(test, verbose=0)["accuracy"]), tuner
+
+
+def compare(upstream_folder, train, test, recipe):
+    """Transfer and scratch accuracies for every k and seed: one `row` per k."""
+    import keras
+
+    runs = [(shot, seed) for shot in recipe.shots for seed in range(recipe.seeds)]
+    print(
+        f"[3/4] fine-tune: digits 5-9 (never seen upstream), k = {', '.join(map(str, recipe.shots))} "
+        f"examples per class x {recipe.seeds} seed(s), transfer and scratch: {2 * len(runs)} BiTFineTuner runs "
+        f"of {recipe.finetune_steps} steps"
+    )
+    bar = keras.utils.Progbar(2 * len(runs), stateful_metrics=["transfer", "scratch"], verbose=1)
+    accuracies = {}
+    for shot, seed in runs:
+        subset = train if shot == "full" else data.few_shot(train, shot, seed=seed)
+        for name, init in (("transfer", upstream_folder), ("scratch", None)):
+            accuracy, tuner = finetune(init, subset, test, recipe, seed)
+            if not accuracies:
+                print(f"      every run: {tuner.hyperrule}".replace("\n", "\n      "))
+            accuracies.setdefault((shot, name), []).append(accuracy)
+            bar.add(1, values=[(name, accuracy)])
+    return [row(shot, accuracies[shot, "transfer"], accuracies[shot, "scratch"]) for shot in recipe.shots]
+
+
+def row(shot, transfer, scratch):
+    """One line of `results.json`: mean and standard deviation of each arm."""
+    return {
+        "examples_per_class": shot,
+        "transfer_mean": float(np.mean(transfer)),
+        "transfer_std": float(np.std(transfer)),
+        "scratch_mean": float(np.mean(scratch)),
+        "scratch_std": float(np.std(scratch)),
+    }
+
+
+def table(rows):
+    """The result table, one line per k."""
+    lines = [f"{'examples/class':<17}{'transfer':<15}{'scratch':<15}gain"]
+    for r in rows:
+        lines.append(
+            f"{str(r['examples_per_class']):<17}"
+            f"{r['transfer_mean']:.3f} ± {r['transfer_std']:.3f}  "
+            f"{r['scratch_mean']:.3f} ± {r['scratch_std']:.3f}  "
+            f"{r['transfer_mean'] - r['scratch_mean']:+.3f}"
+        )
+    return "\n".join(lines)
+
+
+def verdict(rows):
+    """One plain sentence: did transfer beat scratch, and where?"""
+    gains = {str(r["examples_per_class"]): r["transfer_mean"] - r["scratch_mean"] for r in rows}
+    won = [k for k, gain in gains.items() if gain > 0]
+    if len(won) == len(gains):
+        best = max(gains, key=gains.get)
+        return (
+            f"Transfer helped: the pre-trained model beat training from scratch at every k "
+            f"(most at k={best}: {gains[best]:+.3f})."
+        )
+    if not won:
+        return "Transfer did not help: training from scratch was as good or better at every k."
+    lost = [k for k in gains if k not in won]
+    return f"Transfer helped at k = {', '.join(won)} but not at k = {', '.join(lost)}."
+
+
+def plot(rows, path, full_size):
+    """The few-shot figure: test accuracy against examples per class, with mean ± std bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    xs = [full_size if r["examples_per_class"] == "full" else r["examples_per_class"] for r in rows]
+    figure, axes = pyplot.subplots(figsize=(6, 4), dpi=100)
+    for arm, colour in (("transfer", "tab:blue"), ("scratch", "tab:orange")):
+        mean = np.array([r[f"{arm}_mean"] for r in rows])
+        std = np.array([r[f"{arm}_std"] for r in rows])
+        label = "transfer (pre-trained on digits 0-4)" if arm == "transfer" else "from scratch"
+        axes.plot(xs, mean, "o-", color=colour, label=label)
+        axes.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.2)
+    axes.set_xscale("log")
+    axes.set_xticks(xs, [f"full\n({full_size})" if r["examples_per_class"] == "full" else str(x) for r, x in zip(rows, xs)])
+    axes.minorticks_off()
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("training examples per class (digits 5-9)")
+    axes.set_ylabel("test accuracy")
+    axes.set_title("BiT transfer vs. training from scratch")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    _atomic(path, lambda tmp: figure.savefig(tmp, format="png"))
+    pyplot.close(figure)
+
+
+def parse_shots(text):
+    """'1,2,5,full' -> (1, 2, 5, 'full'), checked."""
+    shots = []
+    for item in text.split(","):
+        item = item.strip()
+        if item == "full":
+            shots.append(item)
+        elif item.isdigit() and int(item) > 0:
+            shots.append(int(item))
+        else:
+            raise argparse.ArgumentTypeError(f"--shots takes positive integers and 'full', e.g. 1,2,5,10,full; got {item!r}.")
+    return tuple(shots)
+
+
+def add_arguments(parser):
+    """The demo's flags, on `parser` (shared by `bit-keras demo` and examples/transfer_demo.py)."""
+    defaults = Recipe()
+    parser.add_argument("--out", default="transfer_demo_out", help="folder for results.json, few_shot.png and the cached upstream model")
+    parser.add_argument("--force_upstream", action="store_true", help="pre-train again even if --out holds a cached upstream model")
+    parser.add_argument("--seeds", type=int, default=defaults.seeds, help="fine-tuning seeds per k (fewer: faster, noisier)")
+    parser.add_argument("--shots", type=parse_shots, default=defaults.shots, help="examples per class to try, e.g. 1,2,5,10,full")
+    parser.add_argument("--upstream_steps", type=int, default=defaults.upstream_steps, help="pre-training steps")
+    parser.add_argument("--finetune_steps", type=int, default=defaults.finetune_steps, help="steps of every fine-tuning run")
+    return parser
+
+
+def main(argv=None, prog=None):
+    """Runs the demo; returns the exit status."""
+    parser = add_arguments(argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0]))
+    return run(parser.parse_args(argv))
+
+
+def run(args):
+    """Runs the demo from parsed `add_arguments` flags; returns the exit status."""
+    from bit_keras import _quiet
+
+    _quiet.quiet_absl()
+    for flag in ("seeds", "upstream_steps", "finetune_steps"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"error: --{flag} must be a positive integer, got {getattr(args, flag)}.")
+    start = time.time()
+    recipe = Recipe(seeds=args.seeds, shots=args.shots, upstream_steps=args.upstream_steps, finetune_steps=args.finetune_steps)
+    os.makedirs(args.out, exist_ok=True)
+    upstream, train, test = digits()
+    print(
+        f"[data] scikit-learn digits: {upstream.num_examples} upstream images (0-4); "
+        f"{train.num_examples} training and {test.num_examples} test images of 5-9"
+    )
+    folder = pretrain(upstream, recipe, args.out, force=args.force_upstream)
+    if not os.path.exists(os.path.join(folder, "saved_model.pb")):
+        raise SystemExit(f"error: {folder} holds no SavedModel; run again with --force_upstream.")
+    rows = compare(folder, train, test, recipe)
+    results, figure = os.path.join(args.out, "results.json"), os.path.join(args.out, "few_shot.png")
+    print(f"[4/4] results: {results}, {figure}")
+    _write_json(results, rows)
+    plot(rows, figure, full_size=train.num_examples // train.num_classes)
+    print()
+    print(table(rows))
+    print()
+    print(verdict(rows))
+    print(f"Done in {time.time() - start:.0f} s.")
+    return 0
+
+
+def _read_json(path):
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path, value):
+    _atomic(path, lambda tmp: _dump(value, tmp))
+
+
+def _dump(value, path):
+    with open(path, "w") as file:
+        json.dump(value, file, indent=2)
+        file.write("\n")
+
+
+def _atomic(path, write):
+    """Writes through a temporary name beside `path`, then renames: never half a file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+

@@ -1,0 +1,110 @@
+"""Downstream and upstream tasks by name: the train / validation / test splits of a dataset.
+
+`load("cifar10")` gives the splits the official BiT release uses: CIFAR-10 and
+CIFAR-100 train on `train[:98%]`, validate on `train[98%:]` and report on
+`test`. Any other TFDS image-classification dataset takes `train`,
+`validation` and `test` as TFDS has them; a missing validation split is held
+out of `train` (its last 10%), and a missing test split is replaced by the
+validation split. A folder path instead of a name reads images with
+`data.from_folder`: from its `train/`, `validation/` (or `val/`) and `test/`
+sub-folders when it has them, otherwise from the folder itself with a 10%
+hold-out for validation and testing.
+
+Example:
+
+>>> import tensorflow_datasets as tfds
+>>> with tfds.testing.mock_data(num_examples=10):
+...     task = load("cifar10")
+>>> task.splits
+('train[:98%]', 'train[98%:]', 'test')
+>>> task.train.num_classes
+10
+"""
+
+import dataclasses
+import os
+
+from bit_keras import data
+
+# The official release's splits; datasets missing here use what TFDS declares.
+OFFICIAL_SPLITS = {
+    "cifar10": ("train[:98%]", "train[98%:]", "test"),
+    "cifar100": ("train[:98%]", "train[98%:]", "test"),
+    "oxford_iiit_pet": ("train[:90%]", "train[90%:]", "test"),
+    "oxford_flowers102": ("train", "validation", "test"),
+}
+HOLDOUT_PERCENT = 10
+_VALIDATION_FOLDERS = ("validation", "val")
+
+
+@dataclasses.dataclass
+class Task:
+    """A dataset's three `data.Source`s and where each came from."""
+
+    name: str
+    train: data.Source
+    validation: data.Source
+    test: data.Source
+    splits: tuple
+
+
+def load(dataset, *, data_dir=None, examples_per_class=None, seed=0):
+    """The `Task` of `dataset`: a TFDS name, or a folder of images (one sub-folder per class).
+
+    Args:
+        dataset: e.g. "cifar10", "oxford_flowers102", "mnist", or a path.
+        data_dir: the TFDS data folder (TFDS's default when None).
+        examples_per_class: few-shot: keep k training examples per class.
+        seed: draws the few-shot subset.
+    """
+    if os.path.isdir(dataset):
+        task = _from_folder(dataset)
+    elif os.sep in dataset or dataset.startswith("."):
+        raise ValueError(f"{dataset} is not a folder. Pass an existing folder of images, or a TFDS dataset name.")
+    else:
+        task = _from_tfds(dataset, data_dir)
+    if examples_per_class:
+        task.train = data.few_shot(task.train, examples_per_class, seed=seed)
+    return task
+
+
+def _from_tfds(name, data_dir):
+    splits = OFFICIAL_SPLITS.get(name) or _declared_splits(name, data_dir)
+    sources = [data.from_tfds(name, split, data_dir=data_dir) for split in splits]
+    return Task(name, *sources, splits=splits)
+
+
+def _declared_splits(name, data_dir):
+    """train / validation / test from the splits TFDS declares, holding out what is missing."""
+    import tensorflow_datasets as tfds
+
+    try:
+        declared = set(tfds.builder(name, data_dir=data_dir).info.splits.keys())
+    except Exception as error:  # TFDS raises its own DatasetNotFoundError and kin
+        raise ValueError(f"{name!r} is neither a folder nor a TFDS dataset ({error}). Pass a folder or a TFDS name.") from None
+    # Empty under tfds.testing.mock_data and for datasets never prepared: assume train and test.
+    declared = declared or {"train", "test"}
+    if "train" not in declared:
+        raise ValueError(f"TFDS dataset {name!r} has no 'train' split (it has {sorted(declared)}); it cannot be fine-tuned on.")
+    if "validation" in declared:
+        train, validation = "train", "validation"
+    else:
+        train, validation = f"train[:{100 - HOLDOUT_PERCENT}%]", f"train[{100 - HOLDOUT_PERCENT}%:]"
+    return train, validation, "test" if "test" in declared else validation
+
+
+def _from_folder(path):
+    subfolders = {entry.name for entry in os.scandir(path) if entry.is_dir()}
+    if "train" in subfolders and "test" in subfolders:
+        validation = next((name for name in _VALIDATION_FOLDERS if name in subfolders), "test")
+        splits = ("train", validation, "test")
+        sources = [data.from_folder(os.path.join(path, split)) for split in splits]
+        return Task(path, *sources, splits=splits)
+    source = data.from_folder(path)  # a fixed shuffled order: the hold-out mixes the classes
+    held = max(1, source.num_examples * HOLDOUT_PERCENT // 100)
+    if source.num_examples - held < 1:
+        raise ValueError(f"{path} holds {source.num_examples} image(s); at least 2 are needed to hold one out.")
+    train = data.Source(source.dataset.skip(held), source.num_examples - held, source.num_classes, source.class_names)
+    holdout = data.Source(source.dataset.take(held), held, source.num_classes, source.class_names)
+    splits = (f"{100 - HOLDOUT_PERCENT}%", f"{HOLDOUT_PERCENT}% hold-out", f"{HOLDOUT_PERCENT}% hold-out")
+    return Task(path, train, holdout, holdout, splits=splits)
