@@ -427,12 +427,21 @@ def mixup(images, labels, alpha, seed=None):
 
 
 def upstream_pipeline(
-    source, *, image_size=224, batch_size, seed=None, repeat=True, shuffle_buffer=10_000, batch_split=1, start_batch=0
+    source,
+    *,
+    image_size=224,
+    batch_size,
+    seed=None,
+    repeat=True,
+    shuffle_buffer=10_000,
+    batch_split=1,
+    start_batch=0,
+    crop_area=(0.08, 1.0),
 ):
     """The BiT-S/M pre-training pipeline: Inception-style crop, flip, [-1, 1].
 
-    A random crop of 8%-100% of the image area with aspect ratio in [3/4, 4/3]
-    is resized to `(image_size, image_size)` (keras-cv's `RandomCropAndResize`
+    A random crop of 8%-100% of the image area (`crop_area`) with aspect
+    ratio in [3/4, 4/3] is resized to `(image_size, image_size)` (keras-cv's `RandomCropAndResize`
     crops; the box is drawn from the example's seed), flipped left-right with
     probability 1/2, and scaled to [-1, 1]. Batches have exactly `batch_size`
     examples and one-hot labels. The stream depends on `seed` and the position
@@ -451,15 +460,16 @@ def upstream_pipeline(
 
     _check_positive(image_size=image_size, batch_size=batch_size)
     _check_one_batch(source, batch_size, repeat)
+    low, high = _check_crop_area(crop_area)
     # Built once, outside the map function: a layer made inside it would be re-made at every trace.
     crop_and_resize = keras_cv.layers.RandomCropAndResize(
-        target_size=(image_size, image_size), crop_area_factor=(0.08, 1.0), aspect_ratio_factor=(3 / 4, 4 / 3)
+        target_size=(image_size, image_size), crop_area_factor=(low, high), aspect_ratio_factor=(3 / 4, 4 / 3)
     )
 
     def augment(example, example_seed):
         image, label = example
         box_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(example_seed, 2))
-        image = crop_and_resize.augment_image(tf.cast(image, tf.float32), _inception_box(box_seed))
+        image = crop_and_resize.augment_image(tf.cast(image, tf.float32), _inception_box(box_seed, low, high))
         image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
         return _scale(image), label, example_seed
 
@@ -468,10 +478,20 @@ def upstream_pipeline(
     return _batches(dataset, source.num_classes, batch_size, 0.0, batch_split)
 
 
-def _inception_box(seed):
-    """[[y1, x1, y2, x2]]: 8%-100% of the area, aspect ratio in [3/4, 4/3], as keras-cv draws it."""
+def _check_crop_area(crop_area):
+    try:
+        low, high = (float(v) for v in crop_area)
+    except (TypeError, ValueError):
+        raise ValueError(f"crop_area must be (low, high) fractions of the image area, got {crop_area!r}.") from None
+    if not 0 < low <= high <= 1:
+        raise ValueError(f"crop_area must satisfy 0 < low <= high <= 1, got {crop_area!r}; the recipe's is (0.08, 1.0).")
+    return low, high
+
+
+def _inception_box(seed, low_area=0.08, high_area=1.0):
+    """[[y1, x1, y2, x2]]: a share of the area in [low_area, high_area], aspect ratio in [3/4, 4/3], as keras-cv draws it."""
     area, aspect, y, x = tf.unstack(tf.random.stateless_uniform((4,), seed=seed))
-    area = 0.08 + 0.92 * area
+    area = low_area + (high_area - low_area) * area
     aspect = 3 / 4 + (4 / 3 - 3 / 4) * aspect
     height = tf.clip_by_value(tf.sqrt(area / aspect), 0.0, 1.0)
     width = tf.clip_by_value(tf.sqrt(area * aspect), 0.0, 1.0)

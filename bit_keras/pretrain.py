@@ -93,6 +93,9 @@ class BiTPretrainer:
         epochs: the run's length (90 in the recipe); decays scale with it.
         steps: the run's length in updates, instead of `epochs`.
         image_size: side of the training crops (224 in the recipe).
+        crop_area: the share of the image area a random crop covers: the
+            recipe's Inception crops take 8%-100%; tiny images (a digit of
+            8x8 px) keep more of themselves with e.g. (0.5, 1.0).
         batch_split, strategy, tpu, mixed_precision, checkpoint_dir,
         backup_every, seed: as for `BiTFineTuner`.
 
@@ -122,6 +125,7 @@ class BiTPretrainer:
         epochs=EPOCHS,
         steps=None,
         image_size=224,
+        crop_area=(0.08, 1.0),
         batch_split=1,
         strategy=None,
         tpu=None,
@@ -142,6 +146,7 @@ class BiTPretrainer:
         upstream_schedule(1, batch_size, base_lr, weight_decay, epochs, steps)  # validates the recipe's numbers now
         self.base_lr, self.weight_decay, self.epochs, self.steps = base_lr, weight_decay, epochs, steps
         self.image_size = training.positive_int("image_size", image_size)
+        self.crop_area = data._check_crop_area(crop_area)
         self.num_classes = None if num_classes is None else training.positive_int("num_classes", num_classes)
         self.mixed_precision = mixed_precision
         self._variant = None
@@ -181,6 +186,7 @@ class BiTPretrainer:
                 seed=self.engine.seed,
                 batch_split=self.engine.batch_split,
                 start_batch=start_batch,
+                crop_area=self.crop_area,
             )
 
         validation = None
@@ -188,7 +194,12 @@ class BiTPretrainer:
             validation = data.eval_pipeline(
                 data.as_source(validation_data, classes), crop=self.image_size, batch_size=self.engine.micro_batch
             )
-        fingerprint = {"dataset_size": source.num_examples, "image_size": self.image_size, "base_lr": self.base_lr}
+        fingerprint = {
+            "dataset_size": source.num_examples,
+            "image_size": self.image_size,
+            "base_lr": self.base_lr,
+            "crop_area": list(self.crop_area),
+        }
         return self.engine.fit(
             self.model,
             make_train,

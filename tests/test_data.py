@@ -421,3 +421,17 @@ def test_labels_outside_the_classes_stop_the_pipeline_with_a_clear_error():
     source = data.Source(tf.data.Dataset.from_tensor_slices((np.zeros((4, 8, 8, 3), "uint8"), np.array([0, 1, 2, 5]))), 4, 3)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"labels must be class ids in \[0, 3\)"):
         _batches_of(data.train_pipeline(source, resize=8, crop=8, batch_size=4, seed=0), 1)
+
+
+def test_upstream_crop_area_bounds_the_crop():
+    # A white square in the middle of black: whole-image crops (area 1) always hold all of it.
+    image = np.zeros((1, 40, 40, 3), "uint8")
+    image[0, 15:25, 15:25] = 255
+    source = data.from_arrays(image, [0], num_classes=1)
+    whole = _batches_of(data.upstream_pipeline(source, image_size=20, batch_size=1, seed=0, crop_area=(1.0, 1.0)), 6)
+    small = _batches_of(data.upstream_pipeline(source, image_size=20, batch_size=1, seed=0, crop_area=(0.05, 0.06)), 6)
+    white_share = lambda batches: [float((images > 0.5).mean()) for images, _ in batches]
+    assert all(abs(share - 1 / 16) < 0.03 for share in white_share(whole))
+    assert np.std(white_share(small)) > 0.05  # a small crop is mostly white or mostly black
+    with pytest.raises(ValueError, match="crop_area must satisfy 0 < low <= high <= 1"):
+        data.upstream_pipeline(source, image_size=20, batch_size=1, crop_area=(0.5, 1.5))
