@@ -15,6 +15,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 BACKEND = keras.backend.backend()
 
+# Scripts that tests run in their own processes, not test modules (they parse arguments when imported).
+collect_ignore = ["fit_worker.py"]
+
 requires_tensorflow = pytest.mark.skipif(BACKEND != "tensorflow", reason="needs the TensorFlow backend")
 
 
