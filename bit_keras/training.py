@@ -265,7 +265,8 @@ class Backups:
     variables and a small JSON record; it is written under a temporary name
     and renamed, so a kill at any moment leaves the previous backups intact
     (a left-over temporary folder is removed by the next run). The newest two
-    are kept. Only the chief process (worker 0) writes.
+    are kept. Every worker of a multi-worker run saves; only the chief's
+    (worker 0's) backups are kept.
     """
 
     KEEP = 2
@@ -280,16 +281,19 @@ class Backups:
         return sorted(name for name in os.listdir(self.folder) if name.startswith("step-") and "." not in name)
 
     def save(self, model, record):
-        if not self.writer:
-            return
-        os.makedirs(self.folder, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".tmp-step-{record['step']:09d}-", dir=self.folder)
+        # Every worker saves, as tf.distribute needs (reading distributed variables
+        # can be a collective op); only the chief's copy is kept.
+        folder = self.folder if self.writer else tempfile.mkdtemp(prefix="bit-keras-worker-backup-")
+        os.makedirs(folder, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".tmp-step-{record['step']:09d}-", dir=folder)
         try:
             model.save_weights(os.path.join(tmp, _WEIGHTS))
             with open(os.path.join(tmp, _STATE), "w") as f:
                 json.dump(record, f)
                 f.flush()
                 os.fsync(f.fileno())
+            if not self.writer:
+                return
             target = os.path.join(self.folder, f"step-{record['step']:09d}")
             if os.path.exists(target):
                 shutil.rmtree(target)
@@ -297,6 +301,9 @@ class Backups:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            if not self.writer:
+                shutil.rmtree(folder, ignore_errors=True)
         for old in self.complete()[: -self.KEEP]:
             shutil.rmtree(os.path.join(self.folder, old), ignore_errors=True)
 
@@ -418,12 +425,16 @@ class _KeepBest(keras.callbacks.Callback):
         if self.best is not None and not (value > self.best if "acc" in self.monitor else value < self.best):
             return
         self.best = value
-        if self.writer:
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-best-", suffix=".keras", dir=os.path.dirname(self.path))
-            os.close(fd)
-            try:
-                self.model.save(tmp)
+        # Every worker saves (see `Backups.save`); only the chief's file is kept.
+        folder = os.path.dirname(self.path) if self.writer else tempfile.mkdtemp(prefix="bit-keras-worker-best-")
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-best-", suffix=".keras", dir=folder)
+        os.close(fd)
+        try:
+            self.model.save(tmp)
+            if self.writer:
                 os.replace(tmp, self.path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            if not self.writer:
+                shutil.rmtree(folder, ignore_errors=True)

@@ -18,7 +18,10 @@ TINY = bit_keras.Variant((1, 1, 1, 1), width=1)
 def tuner_for(model=None, **kwargs):
     options = dict(batch_size=16, steps=20, sizes=(40, 32), seed=0)
     options.update(kwargs)
-    return BiTFineTuner(model or bit_keras.BiT(TINY, num_classes=2), **options)
+    if model is None:
+        keras.utils.set_random_seed(options["seed"])  # the same seed, the same initial weights
+        model = bit_keras.BiT(TINY, num_classes=2)
+    return BiTFineTuner(model, **options)
 
 
 def weights_of(model, prefix):

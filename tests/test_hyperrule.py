@@ -58,8 +58,10 @@ def test_resolution_edges(image_size, rule, expected):
 def test_unknown_rule_and_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="rule must be one of"):
         hyperrule.resolution((32, 32), rule="timm")
-    with pytest.raises(ValueError, match="positive number"):
-        hyperrule.schedule(0)
+    for bad in (0, -5, 1000.0, True):
+        with pytest.raises(ValueError, match="dataset_size must be a positive integer"):
+            hyperrule.schedule(bad)
+    assert hyperrule.schedule(np.int64(50_000)).total_steps == 10_000  # NumPy's integers count too
 
 
 @pytest.mark.parametrize("dataset_size", [1_000, 50_000, 1_281_167])
