@@ -2,10 +2,10 @@
 
 __version__ = "0.1.0"
 
-# First, before anything imports TensorFlow: its start-up log noise filtered out.
-from bit_keras import _quiet
+# First, before anything imports TensorFlow: oneDNN kernels on, start-up log noise filtered out.
+from bit_keras import _startup
 
-_quiet.quiet_import()
+_startup.import_tensorflow()
 
 from bit_keras import data, distribute, hyperrule, training  # noqa: E402 (after the quiet import)
 from bit_keras.checkpoints import save_official, save_timm, save_transformers

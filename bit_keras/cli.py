@@ -25,8 +25,8 @@ MIXED_PRECISION = ("mixed_bfloat16", "mixed_float16")
 
 def main(argv=None):
     """Runs `bit-keras`; returns the exit status."""
-    import bit_keras  # quiets TensorFlow's start-up logging first (bit_keras/_quiet.py)
-    from bit_keras import _quiet
+    import bit_keras  # quiets TensorFlow's start-up logging first (bit_keras/_startup.py)
+    from bit_keras import _startup
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -36,7 +36,7 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
-    _quiet.quiet_absl()
+    _startup.quiet_absl()
     try:
         return args.run(args)
     except (ValueError, FileExistsError, FileNotFoundError) as error:

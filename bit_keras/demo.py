@@ -281,9 +281,9 @@ def main(argv=None, prog=None):
 
 def run(args):
     """Runs the demo from parsed `add_arguments` flags; returns the exit status."""
-    from bit_keras import _quiet
+    from bit_keras import _startup
 
-    _quiet.quiet_absl()
+    _startup.quiet_absl()
     for flag in ("seeds", "upstream_steps", "finetune_steps"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"error: --{flag} must be a positive integer, got {getattr(args, flag)}.")

@@ -17,7 +17,7 @@ Example:
 >>> layer = hub_export.load(path, trainable=True)
 """
 
-# First: importing bit_keras filters TensorFlow's start-up log noise (bit_keras/_quiet.py).
+# First: importing bit_keras filters TensorFlow's start-up log noise (bit_keras/_startup.py).
 import bit_keras  # noqa: F401, I001
 from hub_export.exporter import FLAVORS, export
 from hub_export.loader import HubModuleLayer, load

@@ -113,9 +113,9 @@ def main(argv=None):
 
 def run(args):
     """Exports as the parsed flags say; returns the exit status."""
-    from bit_keras import _quiet
+    from bit_keras import _startup
 
-    _quiet.quiet_absl()
+    _startup.quiet_absl()
     if os.path.lexists(args.out) and not args.overwrite:  # before the slow loading
         print(f"error: {args.out} already exists; pass --overwrite to replace it, or another --out.", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ try:  # torchvision (through timm) crashes when imported after TensorFlow; torch
 except ImportError:  # a declared test dependency: tests/test_families.py fails on its own import
     pass
 
+import bit_keras  # noqa: F401  (before Keras imports TensorFlow: the library's TensorFlow settings apply)
 import keras
 import pytest
 

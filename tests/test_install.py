@@ -52,6 +52,28 @@ def test_tensorflow_hub_imports_in_a_fresh_interpreter():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def _import_bit_keras_with(**env):
+    environ = {key: value for key, value in os.environ.items() if key not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")}
+    result = subprocess.run(
+        [sys.executable, "-c", "import bit_keras"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**environ, "TF_CPP_MIN_LOG_LEVEL": "0", **env},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stderr
+
+
+def test_importing_bit_keras_turns_onednn_kernels_on():
+    # TensorFlow itself turns them on only on CPUs with AVX-512 VNNI/BF16 or AMX.
+    assert "oneDNN custom operations are on" in _import_bit_keras_with()
+
+
+def test_a_users_onednn_choice_is_kept():
+    assert "oneDNN custom operations are on" not in _import_bit_keras_with(TF_ENABLE_ONEDNN_OPTS="0")
+
+
 def test_a_tfds_dataset_is_prepared_and_read_with_from_tfds(tmp_path):
     # Preparing imports importlib_resources, which tensorflow-datasets does not declare.
     train = data.from_tfds("bit_keras_local_shades", "train", data_dir=str(tmp_path))

@@ -1,14 +1,24 @@
-"""Quiet TensorFlow's start-up logging: one place that every entry point shares.
+"""How TensorFlow starts under bit_keras: one place that every entry point shares.
+
+Two settings take effect only before TensorFlow is imported, so
+`bit_keras/__init__.py` calls `import_tensorflow()` first:
+
+- oneDNN kernels on. TensorFlow enables them by default only on CPUs with
+  AVX-512 VNNI, BF16 or AMX; elsewhere (AVX2 machines, most AMD servers) its
+  fallback convolution gradients run 10 to 20 times slower, which makes a
+  BiT training step several times slower (measured by
+  `benchmarks/bench_step.py`). A `TF_ENABLE_ONEDNN_OPTS` the user set is kept,
+  and nothing changes when TensorFlow was imported before bit_keras.
+- Start-up logging filtered.
 
 Importing TensorFlow on a machine without a GPU prints about nine lines to
 stderr (`Could not find cuda drivers`, `failed call to cuInit`, the oneDNN and
 CPU-instruction notices, `All log messages before absl::InitializeLog()`),
-none of which a user can act on. `bit_keras/__init__.py` runs `quiet_import()`
-before anything imports TensorFlow, so `bit-keras`, `python -m hub_export`, the
-example scripts and `import bit_keras` all start quietly.
+none of which a user can act on; with them filtered, `bit-keras`, `python -m
+hub_export`, the example scripts and `import bit_keras` all start quietly.
 
-Set `TF_CPP_MIN_LOG_LEVEL=0` to see every line again: then nothing here
-changes anything. (Not 1: Keras sets 1 when it imports TensorFlow, and child
+Set `TF_CPP_MIN_LOG_LEVEL=0` to see every line again; `TF_ENABLE_ONEDNN_OPTS=0`
+for TensorFlow's own kernel choice. (Not 1: Keras sets 1 when it imports TensorFlow, and child
 processes inherit it, so 1 does not tell a user's request apart.)
 """
 
@@ -36,19 +46,21 @@ NOISE = re.compile(
 )
 
 
-def quiet_import():
-    """Imports TensorFlow with its start-up noise filtered out of stderr.
+def import_tensorflow():
+    """Imports TensorFlow with oneDNN on by default and its start-up noise filtered out of stderr.
 
-    Does nothing when TensorFlow is already imported or `TF_CPP_MIN_LOG_LEVEL`
-    is 0 (every line asked for). Otherwise sets it to 2 (errors
-    only) unless it is higher already, sends
-    stderr to a temporary file while TensorFlow loads and enumerates its
-    devices (which is where the `cuInit` error comes from; the devices stay
-    configurable), then writes back every captured line that is not known
-    noise. Python absl warnings are left alone here; see `quiet_absl`.
+    Does nothing when TensorFlow is already imported. The noise is kept when
+    `TF_CPP_MIN_LOG_LEVEL` is 0 (every line asked for). Otherwise sets it to 2
+    (errors only) unless it is higher already, sends stderr to a temporary
+    file while TensorFlow loads and enumerates its devices (which is where the
+    `cuInit` error comes from; the devices stay configurable), then writes
+    back every captured line that is not known noise. Python absl warnings are left alone here; see `quiet_absl`.
     """
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "")
-    if "tensorflow" in sys.modules or level == "0":
+    if level == "0":
         return
     if level not in ("2", "3"):
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
