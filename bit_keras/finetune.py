@@ -103,6 +103,7 @@ class BiTFineTuner:
         )
         self.dataset_size = None if dataset_size is None else hyperrule.check_dataset_size(dataset_size)
         self.image_size = image_size
+        self._given_sizes = (self.dataset_size, self.image_size)  # the rest is read from each run's data
         self.num_classes = None if num_classes is None else training.positive_int("num_classes", num_classes)
         self.base_lr = training.positive_float("base_lr", base_lr)
         self.rule = rule
@@ -110,7 +111,7 @@ class BiTFineTuner:
         self.steps = None if steps is None else training.positive_int("steps", steps)
         self.sizes = sizes
         self.model = self._build(model_or_variant, mixed_precision, weights, zero_head)
-        self._compiled = False
+        self._compiled_schedule = None
 
     @property
     def batch_size(self):
@@ -210,6 +211,34 @@ class BiTFineTuner:
             verbose=verbose,
         )
 
+    def restart(self, weights, seed=None):
+        """Makes the next `fit` a fresh run from `weights`, reusing the compiled training step.
+
+        For several runs of one recipe (seeds, few-shot subsets): each new
+        tuner traces and compiles a new training step, which on a CPU can
+        take longer than a short run itself. `weights` is a list as
+        `model.get_weights()` returns, e.g. taken right after the tuner was
+        made; the optimizer starts over (update 0, no momentum); `seed` as in
+        the constructor (None: a new one). A dataset size or image size that
+        was read from the previous run's data is read again from the next
+        run's. Not with `checkpoint_dir`, whose backups belong to one run.
+
+        Example:
+
+        >>> import numpy as np, bit_keras
+        >>> tuner = bit_keras.BiTFineTuner(bit_keras.BiT("R1-1-1-1x1", num_classes=2), batch_size=2, steps=1, sizes=(20, 16))
+        >>> start = tuner.model.get_weights()
+        >>> images, labels = np.zeros((4, 16, 16, 3), "uint8"), np.array([0, 1, 0, 1])
+        >>> for seed in (0, 1):
+        ...     tuner.restart(start, seed=seed)
+        ...     history = tuner.fit((images, labels), verbose=0)  # doctest: +ELLIPSIS
+        BiT-HyperRule...
+        >>> int(tuner.model.optimizer.iterations)
+        1
+        """
+        self.engine.restart(self.model, weights, seed)
+        self.dataset_size, self.image_size = self._given_sizes
+
     def evaluate(self, data_source, verbose="auto"):
         """Loss and accuracy on `data_source` at the HyperRule's crop size, as a dict."""
         source = self._source(data_source)
@@ -297,13 +326,13 @@ class BiTFineTuner:
                 layer.trainable = False
 
     def _compile(self):
-        if self._compiled:
+        # The compiled step depends on the data only through the LR schedule:
+        # a run whose schedule is unchanged (see `restart`) keeps the traced step.
+        schedule = self.learning_rate
+        if schedule.get_config() == self._compiled_schedule:
             return
-        self.engine.compile(
-            self.model,
-            self.engine.optimizer(self.learning_rate),
-        )
-        self._compiled = True
+        self.engine.compile(self.model, self.engine.optimizer(schedule))
+        self._compiled_schedule = schedule.get_config()
 
     def _source(self, train):
         return data.as_source(train, self.num_classes, self.dataset_size)

@@ -121,6 +121,13 @@ class AccumulatingSGD(keras.optimizers.Optimizer):
         self.assign_add(variable, ops.multiply(applies, new_momentum))
         self.assign(accumulator, ops.multiply(1 - applies, total))
 
+    def reset(self):
+        """Back to the state before the first update: update 0, no momentum, nothing accumulated."""
+        if not self.built:
+            return
+        for variable in [self._iterations, *self.momentums, *self.accumulators]:
+            variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
+
     def get_config(self):
         return {
             **super().get_config(),
@@ -164,6 +171,9 @@ class Engine:
                 f"Change batch_size or batch_split."
             )
         self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
+        self._set_seed(seed)
+
+    def _set_seed(self, seed):
         self.seed_given = seed is not None
         self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
         keras.utils.set_random_seed(self.seed)
@@ -206,6 +216,23 @@ class Engine:
                 loss=keras.losses.CategoricalCrossentropy(from_logits=True),
                 metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
             )
+
+    def restart(self, model, weights, seed=None):
+        """Makes the next `fit` of a compiled `model` a fresh run from `weights`, keeping its compiled step.
+
+        The optimizer starts over (update 0, no momentum) and `seed` (None: a
+        new one) seeds the new run's stream as the constructor's does.
+        """
+        if self.checkpoint_dir:
+            raise ValueError(
+                f"restart() cannot be combined with checkpoint_dir={self.checkpoint_dir!r}: the next fit would resume "
+                f"the previous run's backups. Make a new trainer with another checkpoint_dir for each run."
+            )
+        with self.scope():
+            model.set_weights(weights)
+            if getattr(model, "optimizer", None) is not None:  # not compiled yet: nothing to reset
+                model.optimizer.reset()
+        self._set_seed(seed)
 
     def fit(self, model, make_train, total_steps, *, validation=None, fingerprint=None, callbacks=(), verbose="auto"):
         """Runs `total_steps` optimizer updates of a compiled `model`; returns the `History`.

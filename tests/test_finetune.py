@@ -116,6 +116,38 @@ def test_resumes_after_an_interrupted_fit_and_ends_as_an_uninterrupted_run(tmp_p
         assert tuner_for(checkpoint_dir=str(tmp_path), steps=10).fit((images, labels), verbose=0).history == {}
 
 
+def test_a_restarted_run_equals_a_fresh_tuners_run_and_keeps_the_compiled_step(tmp_path):
+    images, labels = colour_task(32)
+    tuner = tuner_for(steps=6, seed=0)
+    start = tuner.model.get_weights()
+    fresh = tuner_for(bit_keras.BiT(TINY, num_classes=2), steps=6, seed=3)
+    fresh.model.set_weights(start)
+    fresh.fit((images[:16], labels[:16]), verbose=0)
+    tuner.fit((images, labels), verbose=0)  # another run first: other data and size, other seed
+    step = tuner.model.train_function
+    tuner.restart(start, seed=3)
+    assert int(keras.ops.convert_to_numpy(tuner.model.optimizer.iterations)) == 0
+    tuner.fit((images[:16], labels[:16]), verbose=0)
+    assert tuner.dataset_size == 16 and tuner.seed == 3
+    assert tuner.model.train_function is step  # not traced again
+    for got, expected in zip(tuner.model.get_weights(), fresh.model.get_weights()):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        tuner_for(checkpoint_dir=str(tmp_path)).restart(start)
+
+
+def test_a_new_schedule_compiles_again():
+    images, labels = colour_task(32)
+    tuner = tuner_for(seed=0)  # steps=20 for any size: the schedule stays, the compiled step is kept
+    tuner.fit((images, labels), verbose=0)
+    start = tuner.model.get_weights()
+    tuner.steps = 8
+    tuner.restart(start, seed=0)
+    tuner.fit((images, labels), verbose=0)
+    assert int(keras.ops.convert_to_numpy(tuner.model.optimizer.iterations)) == 8
+    assert tuner.model.optimizer._learning_rate.get_config()["total_steps"] == 8  # the new schedule, compiled
+
+
 def test_a_backup_of_other_arguments_or_a_damaged_one_is_refused_by_name(tmp_path):
     images, labels = colour_task(32)
     tuner_for(checkpoint_dir=str(tmp_path), steps=4).fit((images, labels), verbose=0)
