@@ -100,6 +100,9 @@ def _labels(rng, batch_size, num_classes):
 
 
 def _keras_steps(args, family, options):
+    if family == "bit_keras":
+        import bit_keras  # first, as a user imports it: it sets TensorFlow's start-up options
+
     import keras
     import numpy as np
 
@@ -107,8 +110,6 @@ def _keras_steps(args, family, options):
         keras.config.set_dtype_policy("mixed_bfloat16")
     shape = (args.image_size, args.image_size, 3)
     if family == "bit_keras":
-        import bit_keras
-
         model = bit_keras.BiT(args.variant, num_classes=args.num_classes, input_shape=shape)
     else:
         model = keras.applications.ResNet50V2(
@@ -136,7 +137,10 @@ def _keras_steps(args, family, options):
         gpus = tf.config.list_physical_devices("GPU")
         if gpus:
             device_peak = lambda: tf.config.experimental.get_memory_info("GPU:0")["peak"]
-        description = f"tensorflow {tf.__version__} on {'GPU' if gpus else 'CPU'}"
+        from tensorflow.python.util import _pywrap_util_port
+
+        onednn = "on" if _pywrap_util_port.IsMklEnabled() else "off"
+        description = f"tensorflow {tf.__version__} on {'GPU' if gpus else 'CPU'}, oneDNN {onednn}"
 
     if options.get("stateless"):
         return (*_jax_stateless_steps(model, optimizer, loss, x, y), device_peak, description)

@@ -57,6 +57,7 @@ def import_tensorflow():
     back every captured line that is not known noise. Python absl warnings are left alone here; see `quiet_absl`.
     """
     if "tensorflow" in sys.modules:
+        _warn_if_onednn_off()
         return
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "")
@@ -85,6 +86,31 @@ def import_tensorflow():
             kept = [line for line in captured.read().decode(errors="replace").splitlines() if not NOISE.search(line)]
             if kept:
                 print("\n".join(kept), file=sys.stderr)
+
+
+def onednn_enabled():
+    """Whether this process's TensorFlow runs its oneDNN kernels (fixed when TensorFlow is imported)."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def _warn_if_onednn_off():
+    import warnings
+
+    if "TF_ENABLE_ONEDNN_OPTS" in os.environ or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return
+    try:
+        enabled = onednn_enabled()
+    except (ImportError, AttributeError):
+        return
+    if not enabled:
+        warnings.warn(
+            "TensorFlow was imported before bit_keras, with its oneDNN kernels off (its default on CPUs without "
+            "AVX-512 VNNI, BF16 or AMX), so BiT training runs several times slower on this CPU. Import bit_keras "
+            "before keras and tensorflow, or set TF_ENABLE_ONEDNN_OPTS=1 (0 to silence this) before Python starts.",
+            stacklevel=4,
+        )
 
 
 def quiet_absl():

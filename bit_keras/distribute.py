@@ -80,6 +80,18 @@ def is_chief():
     return kind == "worker" and index == 0
 
 
+def distributes(strategy):
+    """Whether `strategy` spreads work over devices or processes (not None, not TensorFlow's default strategy)."""
+    if strategy is None:
+        return False
+    if keras.backend.backend() != "tensorflow" or not hasattr(strategy, "extended"):
+        return True
+    import tensorflow as tf
+
+    with strategy.scope():
+        return tf.distribute.has_strategy()  # False only in the default strategy's scope
+
+
 def scope(strategy):
     """The strategy's scope, or a no-op one for a single device."""
     return strategy.scope() if strategy is not None else contextlib.nullcontext()

@@ -96,6 +96,9 @@ class BiTPretrainer:
         crop_area: the share of the image area a random crop covers: the
             recipe's Inception crops take 8%-100%; tiny images (a digit of
             8x8 px) keep more of themselves with e.g. (0.5, 1.0).
+        jit_compile: "auto" compiles the training step with XLA for
+            TensorFlow runs of at least 100 updates on one device, where it
+            measures faster (CPU included); True or False to choose.
         batch_split, strategy, tpu, mixed_precision, checkpoint_dir,
         backup_every, seed: as for `BiTFineTuner`.
 
@@ -133,6 +136,7 @@ class BiTPretrainer:
         checkpoint_dir=None,
         backup_every=None,
         seed=None,
+        jit_compile="auto",
     ):
         self.engine = training.Engine(
             batch_size=batch_size,
@@ -142,6 +146,7 @@ class BiTPretrainer:
             checkpoint_dir=checkpoint_dir,
             backup_every=backup_every,
             seed=seed,
+            jit_compile=jit_compile,
         )
         upstream_schedule(1, batch_size, base_lr, weight_decay, epochs, steps)  # validates the recipe's numbers now
         self.base_lr, self.weight_decay, self.epochs, self.steps = base_lr, weight_decay, epochs, steps
@@ -176,6 +181,7 @@ class BiTPretrainer:
         self.engine.compile(
             self.model,
             self.engine.optimizer(schedule.learning_rate(), schedule.weight_decay),
+            schedule.total_steps,
         )
 
         def make_train(start_batch):

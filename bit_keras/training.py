@@ -33,6 +33,7 @@ BACKUP_FOLDER = "backup"
 BEST_MODEL = "best.keras"
 EVALUATIONS_PER_RUN = 10  # "epochs" of a run: progress bars, validation and backups
 NAN_CHECK_EVERY = 10  # steps between reads of the loss; every read waits for the device
+XLA_MIN_UPDATES = 100  # shorter runs do not repay XLA's compile time (tens of seconds on a CPU)
 _STATE = "state.json"
 _WEIGHTS = "state.weights.h5"
 
@@ -150,6 +151,7 @@ class Engine:
             divisor of the run's updates); by default ten per run.
         seed: seeds weights, the input stream and mixup; None draws one,
             which backups keep so that a resumed run continues the same stream.
+        jit_compile: "auto", True or False; see `xla`.
 
     Example:
 
@@ -158,7 +160,12 @@ class Engine:
     (16, 1)
     """
 
-    def __init__(self, *, batch_size, batch_split=1, strategy=None, tpu=None, checkpoint_dir=None, backup_every=None, seed=None):
+    def __init__(
+        self, *, batch_size, batch_split=1, strategy=None, tpu=None, checkpoint_dir=None, backup_every=None, seed=None, jit_compile="auto"
+    ):
+        if jit_compile not in ("auto", True, False):
+            raise ValueError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}.")
+        self.jit_compile = jit_compile
         self.batch_size = positive_int("batch_size", batch_size)
         self.batch_split = positive_int("batch_split", batch_split)
         self.backup_every = None if backup_every is None else positive_int("backup_every", backup_every)
@@ -208,13 +215,30 @@ class Engine:
         clone.set_weights(model.get_weights())
         return clone
 
-    def compile(self, model, optimizer):
+    def xla(self, total_steps):
+        """The `jit_compile` of a run of `total_steps` updates.
+
+        "auto" compiles with XLA on the TensorFlow backend when the run has
+        one device and at least `XLA_MIN_UPDATES` updates: XLA fuses the
+        GroupNorm and weight-standardisation arithmetic around the
+        convolutions, and `benchmarks/bench_step.py` measures its step faster
+        on a CPU too, where Keras' own "auto" leaves it off. Otherwise Keras
+        decides (XLA on a GPU and under JAX; not under a tf.distribute strategy).
+        """
+        if self.jit_compile != "auto":
+            return self.jit_compile
+        if keras.backend.backend() == "tensorflow" and not distribute.distributes(self.strategy) and total_steps >= XLA_MIN_UPDATES:
+            return True
+        return "auto"
+
+    def compile(self, model, optimizer, total_steps):
         """Compiles `model` for soft-label (mixup) classification from logits, with every object made under the strategy."""
         with self.scope():
             model.compile(
                 optimizer=optimizer,
                 loss=keras.losses.CategoricalCrossentropy(from_logits=True),
                 metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                jit_compile=self.xla(total_steps),
             )
 
     def restart(self, model, weights, seed=None):

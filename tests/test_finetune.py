@@ -87,6 +87,29 @@ def test_batch_split_gives_the_updates_of_the_whole_batch_with_mixup_on():
         np.testing.assert_allclose(split, whole, rtol=1e-4, atol=1e-5)
 
 
+@requires_tensorflow
+def test_xla_for_long_single_device_runs_and_the_same_updates_as_without():
+    from bit_keras.training import XLA_MIN_UPDATES
+
+    engine = tuner_for().engine
+    assert engine.xla(XLA_MIN_UPDATES) is True and engine.xla(XLA_MIN_UPDATES - 1) == "auto"
+    assert tuner_for(strategy="mirrored").engine.xla(XLA_MIN_UPDATES) == "auto"  # Keras decides under a strategy
+    assert tuner_for(jit_compile=False).engine.xla(10 * XLA_MIN_UPDATES) is False
+    images, labels = colour_task(32)
+    finals = []
+    for jit_compile in (True, False):
+        tuner = tuner_for(batch_size=8, batch_split=2, steps=3, base_lr=0.3, jit_compile=jit_compile)
+        tuner.fit((images, labels), verbose=0)
+        assert tuner.model.jit_compile is jit_compile
+        finals.append(tuner.model.get_weights())
+    initial = tuner_for().model.get_weights()
+    assert max(np.abs(a - b).max() for a, b in zip(finals[0], initial)) > 1e-3  # the updates did something
+    for xla, plain in zip(*finals):  # float32 summation orders differ; the updates agree
+        np.testing.assert_allclose(xla, plain, rtol=1e-3, atol=2e-5)
+    with pytest.raises(ValueError, match="jit_compile"):
+        tuner_for(jit_compile="yes")
+
+
 class _Interrupt(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch == 2:

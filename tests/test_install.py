@@ -52,10 +52,10 @@ def test_tensorflow_hub_imports_in_a_fresh_interpreter():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def _import_bit_keras_with(**env):
+def _import_bit_keras_with(code="import bit_keras", **env):
     environ = {key: value for key, value in os.environ.items() if key not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")}
     result = subprocess.run(
-        [sys.executable, "-c", "import bit_keras"],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=300,
@@ -72,6 +72,21 @@ def test_importing_bit_keras_turns_onednn_kernels_on():
 
 def test_a_users_onednn_choice_is_kept():
     assert "oneDNN custom operations are on" not in _import_bit_keras_with(TF_ENABLE_ONEDNN_OPTS="0")
+
+
+def test_tensorflow_imported_first_without_onednn_is_warned_about():
+    code = "import tensorflow; import bit_keras; from bit_keras import _startup; print(_startup.onednn_enabled())"
+    stderr = _import_bit_keras_with(code, TF_ENABLE_ONEDNN_OPTS="0")  # as TensorFlow's own default on this CPU
+    assert "Import bit_keras before keras" not in stderr  # the user chose
+    probe = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+        env={key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"},
+    )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    if probe.stdout.split()[-1] == "False":  # this CPU's TensorFlow default is off
+        assert "Import bit_keras before keras" in probe.stderr
+    else:
+        assert "Import bit_keras before keras" not in probe.stderr
 
 
 def test_a_tfds_dataset_is_prepared_and_read_with_from_tfds(tmp_path):
