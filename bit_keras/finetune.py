@@ -55,8 +55,8 @@ class BiTFineTuner:
             with it), for quick runs and demos.
         sizes: override the rule's (resize, crop), for quick runs and demos.
         jit_compile: "auto" compiles the training step with XLA for
-            TensorFlow runs of at least 100 updates on one device, where it
-            measures faster (CPU included); True or False to choose.
+            TensorFlow runs of at least 100 updates on one device (see
+            `training.Engine.xla`); True or False to choose.
         zero_head: set the head to zeros first, as BiT fine-tuning does (True);
             False keeps it, to continue an earlier fine-tune.
 

@@ -97,8 +97,8 @@ class BiTPretrainer:
             recipe's Inception crops take 8%-100%; tiny images (a digit of
             8x8 px) keep more of themselves with e.g. (0.5, 1.0).
         jit_compile: "auto" compiles the training step with XLA for
-            TensorFlow runs of at least 100 updates on one device, where it
-            measures faster (CPU included); True or False to choose.
+            TensorFlow runs of at least 100 updates on one device (see
+            `training.Engine.xla`); True or False to choose.
         batch_split, strategy, tpu, mixed_precision, checkpoint_dir,
         backup_every, seed: as for `BiTFineTuner`.
 

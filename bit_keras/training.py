@@ -221,8 +221,10 @@ class Engine:
         "auto" compiles with XLA on the TensorFlow backend when the run has
         one device and at least `XLA_MIN_UPDATES` updates: XLA fuses the
         GroupNorm and weight-standardisation arithmetic around the
-        convolutions, and `benchmarks/bench_step.py` measures its step faster
-        on a CPU too, where Keras' own "auto" leaves it off. Otherwise Keras
+        convolutions; `benchmarks/bench_step.py` measured it level with the
+        plain step or faster in training and faster at inference (the
+        tuner's `evaluate` and `predict` run it) on a CPU too, where Keras'
+        own "auto" leaves it off. Otherwise Keras
         decides (XLA on a GPU and under JAX; not under a tf.distribute strategy).
         """
         if self.jit_compile != "auto":

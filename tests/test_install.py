@@ -52,7 +52,8 @@ def test_tensorflow_hub_imports_in_a_fresh_interpreter():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def _import_bit_keras_with(code="import bit_keras", **env):
+def _run_python(code, **env):
+    """`code` in a fresh interpreter, with TensorFlow's own oneDNN default unless `env` sets it, and every log line."""
     environ = {key: value for key, value in os.environ.items() if key not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")}
     result = subprocess.run(
         [sys.executable, "-c", code],
@@ -62,27 +63,22 @@ def _import_bit_keras_with(code="import bit_keras", **env):
         env={**environ, "TF_CPP_MIN_LOG_LEVEL": "0", **env},
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    return result.stderr
+    return result
 
 
 def test_importing_bit_keras_turns_onednn_kernels_on():
     # TensorFlow itself turns them on only on CPUs with AVX-512 VNNI/BF16 or AMX.
-    assert "oneDNN custom operations are on" in _import_bit_keras_with()
+    assert "oneDNN custom operations are on" in _run_python("import bit_keras").stderr
 
 
 def test_a_users_onednn_choice_is_kept():
-    assert "oneDNN custom operations are on" not in _import_bit_keras_with(TF_ENABLE_ONEDNN_OPTS="0")
+    assert "oneDNN custom operations are on" not in _run_python("import bit_keras", TF_ENABLE_ONEDNN_OPTS="0").stderr
 
 
 def test_tensorflow_imported_first_without_onednn_is_warned_about():
     code = "import tensorflow; import bit_keras; from bit_keras import _startup; print(_startup.onednn_enabled())"
-    stderr = _import_bit_keras_with(code, TF_ENABLE_ONEDNN_OPTS="0")  # as TensorFlow's own default on this CPU
-    assert "Import bit_keras before keras" not in stderr  # the user chose
-    probe = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-        env={key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"},
-    )
-    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert "Import bit_keras before keras" not in _run_python(code, TF_ENABLE_ONEDNN_OPTS="0").stderr  # the user chose
+    probe = _run_python(code)
     if probe.stdout.split()[-1] == "False":  # this CPU's TensorFlow default is off
         assert "Import bit_keras before keras" in probe.stderr
     else:
