@@ -353,7 +353,7 @@ class _Worker:
         except queue.Empty:
             message = None
         if message is None:
-            self.stop()
+            self.stop(keep_log=True)
             self.log.seek(0)
             tail = self.log.read()[-1500:]
             return {"status": "failed", "reason": f"no answer within {timeout:.0f}s or the process ended; log {self.log.name}:\n{tail}"}
@@ -364,7 +364,8 @@ class _Worker:
         self.process.stdin.flush()
         return self.receive(timeout)
 
-    def stop(self):
+    def stop(self, keep_log=False):
+        """Ends the worker; its log is deleted unless it is kept to explain a failure."""
         if self.process.poll() is None:
             try:
                 self.process.stdin.write("quit\n")
@@ -373,6 +374,9 @@ class _Worker:
             except (OSError, subprocess.TimeoutExpired):
                 self.process.kill()
                 self.process.wait()
+        if not keep_log and os.path.exists(self.log.name):
+            self.log.close()
+            os.remove(self.log.name)
 
 
 def _median_rows(results):
