@@ -7,6 +7,9 @@ One training step is forward, soft-label cross-entropy, backward and an SGD
     bit_keras/tf-xla      TensorFlow backend, `compile(jit_compile=True)`
     bit_keras/tf-noxla    TensorFlow backend, `compile(jit_compile=False)` (only when named in
                           --contenders: on CPU it is the default, Keras' "auto" turning XLA off)
+    bit_keras/tf-unfused  the default, traced under `bit_keras.layers.unfused()`: GroupNorm as
+                          plain TensorFlow ops rather than one XLA cluster per layer (only when
+                          named in --contenders)
     bit_keras/jax         JAX backend, `train_on_batch` / `predict_on_batch` (the
                           step `model.fit` runs) on device-resident batches
     bit_keras/jax-stateless  JAX backend, a jitted `stateless_call` +
@@ -38,9 +41,13 @@ Settings (same global batch, resolution and precision for every contender):
 
 Prints a table, then one JSON line per measurement (`"kind": "measurement"`),
 per median (`"kind": "median"`) and per absent contender (`"kind": "absent"`).
+On the CPU in float32 it also prints the ceiling (`"kind": "ceiling"`): the
+speeds a 4096x4096 float32 GEMM's rate on this machine would allow for the
+model's convolution and dense FLOPs, measured in the same run.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -61,17 +68,20 @@ CONTENDERS = {
     "bit_keras/tf": ("bit_keras", "tensorflow", {}),
     "bit_keras/tf-xla": ("bit_keras", "tensorflow", {"jit_compile": True}),
     "bit_keras/tf-noxla": ("bit_keras", "tensorflow", {"jit_compile": False}),
+    "bit_keras/tf-unfused": ("bit_keras", "tensorflow", {"unfused": True}),
     "bit_keras/jax": ("bit_keras", "jax", {}),
     "bit_keras/jax-stateless": ("bit_keras", "jax", {"stateless": True}),
     "timm/eager": ("timm", None, {}),
     "timm/compile": ("timm", None, {"compile": True}),
     "keras/resnet50v2": ("keras_resnet50v2", "tensorflow", {}),
 }
-DEFAULT_CONTENDERS = [name for name in CONTENDERS if name != "bit_keras/tf-noxla"]
+DEFAULT_CONTENDERS = [name for name in CONTENDERS if name not in ("bit_keras/tf-noxla", "bit_keras/tf-unfused")]
 PEERS = ("timm/eager", "timm/compile", "keras/resnet50v2")
 MODES = ("infer", "train")
 PREFIX = "@@BENCH "
 LEARNING_RATE = 1e-3
+GEMM_SIZE = 4096
+_WORKER_CONTEXTS = contextlib.ExitStack()  # contexts a worker keeps open until it exits
 
 
 # ----------------------------------------------------------------- worker side
@@ -102,6 +112,9 @@ def _labels(rng, batch_size, num_classes):
 def _keras_steps(args, family, options):
     if family == "bit_keras":
         import bit_keras  # first, as a user imports it: it sets TensorFlow's start-up options
+
+        if options.get("unfused"):
+            _WORKER_CONTEXTS.enter_context(bit_keras.layers.unfused())  # every trace of the worker's life is plain
 
     import keras
     import numpy as np
@@ -141,9 +154,12 @@ def _keras_steps(args, family, options):
 
         onednn = "on" if _pywrap_util_port.IsMklEnabled() else "off"
         description = f"tensorflow {tf.__version__} on {'GPU' if gpus else 'CPU'}, oneDNN {onednn}"
+        if family == "bit_keras":
+            description += f", GroupNorm {'as plain ops' if options.get('unfused') else 'fused by XLA'}"
 
+    forward_gflop = _forward_gflop(model)
     if options.get("stateless"):
-        return (*_jax_stateless_steps(model, optimizer, loss, x, y), device_peak, description)
+        return (*_jax_stateless_steps(model, optimizer, loss, x, y), device_peak, description, forward_gflop)
     model.compile(optimizer=optimizer, loss=loss, **{k: v for k, v in options.items() if k == "jit_compile"})
     jit = model.jit_compile
     description += f", keras {keras.__version__}, jit_compile={jit}"
@@ -154,7 +170,22 @@ def _keras_steps(args, family, options):
     def train():
         return model.train_on_batch(x, y)
 
-    return infer, train, device_peak, description
+    return infer, train, device_peak, description, forward_gflop
+
+
+def _forward_gflop(model):
+    """Multiply-adds x 2 of the convolutions and dense layers for one image (GN, WS and ReLU not counted)."""
+    import keras
+    import numpy as np
+
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            height, width = layer.output.shape[1:3]
+            flops += 2 * height * width * int(np.prod(layer.kernel.shape))
+        elif isinstance(layer, keras.layers.Dense):
+            flops += 2 * int(np.prod(layer.kernel.shape))
+    return flops / 1e9
 
 
 def _jax_stateless_steps(model, optimizer, loss, x, y):
@@ -274,7 +305,7 @@ def _timm_steps(args, options):
     description = f"torch {torch.__version__}, timm {timm.__version__} on {device}, threads {torch.get_num_threads()}"
     if options.get("compile"):
         description += ", torch.compile"
-    return infer, train, device_peak, description
+    return infer, train, device_peak, description, None
 
 
 def _timed(step, steps, min_seconds):
@@ -292,9 +323,9 @@ def worker(args):
     started = time.perf_counter()
     try:
         if family == "timm":
-            infer, train, device_peak, description = _timm_steps(args, options)
+            infer, train, device_peak, description, forward_gflop = _timm_steps(args, options)
         else:
-            infer, train, device_peak, description = _keras_steps(args, family, options)
+            infer, train, device_peak, description, forward_gflop = _keras_steps(args, family, options)
     except ImportError as error:
         _say(status="absent", reason=f"{type(error).__name__}: {error}")
         return
@@ -305,6 +336,7 @@ def worker(args):
     _say(
         status="ready",
         description=description,
+        forward_gflop=forward_gflop,
         setup_s=round(built - started, 2),
         warmup_s=round(time.perf_counter() - built, 2),
     )
@@ -405,12 +437,14 @@ def coordinate(args, passthrough):
         flush=True,
     )
     workers, absent, descriptions = {}, {}, {}
+    forward_gflop = None
     for name in names:  # warm up one at a time: no contender's compile slows another's
         worker_ = _Worker(name, args, passthrough)
         message = worker_.receive(args.warmup_timeout)
         if message["status"] == "ready":
             workers[name] = worker_
             descriptions[name] = message["description"]
+            forward_gflop = forward_gflop or message.get("forward_gflop")
             print(f"  ready  {name:<24} {message['description']} (setup {message['setup_s']}s, warm-up {message['warmup_s']}s)", flush=True)
         else:
             worker_.stop()
@@ -485,10 +519,38 @@ def coordinate(args, passthrough):
                 )
     print("(ratios: infer/train images per second of a bit_keras path over the peer's; peak MB: "
           f"{'device peak' if any(r['memory_kind'] == 'device' for r in rows.values()) else 'process peak RSS'})")
+    if args.setting == "cpu" and args.precision == "float32" and forward_gflop:
+        ceiling = _ceiling(forward_gflop)
+        print(
+            f"ceiling: a {GEMM_SIZE}x{GEMM_SIZE} float32 GEMM runs at {ceiling['gemm_gflop_per_s']:.0f} GFLOP/s here "
+            f"(numpy, all cores); at that rate the model's {forward_gflop:.2f} GFLOP per image (convolutions and "
+            f"the head; backward counted as 2x forward) allow at most {ceiling['infer_images_per_s']:.1f} img/s "
+            f"inference and {ceiling['train_images_per_s']:.1f} img/s training"
+        )
+        json_lines.append(dict(kind="ceiling", **header, forward_gflop=round(forward_gflop, 4), **ceiling))
     print()
     for line in json_lines:
         print(json.dumps(line))
     return 0 if rows else 1
+
+
+def _ceiling(forward_gflop):
+    """The step speeds this CPU's float32 GEMM rate would allow, measured while every worker idles."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((GEMM_SIZE, GEMM_SIZE), dtype="float32")
+    a @ a
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    gflop_per_s = 2 * GEMM_SIZE**3 / best / 1e9
+    return dict(
+        gemm_gflop_per_s=round(gflop_per_s, 1),
+        infer_images_per_s=round(gflop_per_s / forward_gflop, 2),
+        train_images_per_s=round(gflop_per_s / (3 * forward_gflop), 2),
+    )
 
 
 def _round(value):

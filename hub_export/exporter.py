@@ -81,6 +81,12 @@ def export(model, path, *, flavor="feature_vector", input_range=(0, 1), overwrit
     path = os.path.abspath(os.fspath(path))
     checkpoints.refuse_existing(path, overwrite)
 
+    # Plain graphs, with no XLA cluster in them (saving traces too): the module runs wherever TensorFlow does.
+    with bit_keras.layers.unfused():
+        return _export(model, path, flavor, low, high, overwrite)
+
+
+def _export(model, path, flavor, low, high, overwrite):
     network = _network(model, flavor)
     variables = _module_variables(network)
     call = _trace_call(network, variables, flavor, low, high)

@@ -51,3 +51,28 @@ def test_bench_step_smoke_reports_every_contender():
             if name.startswith("bit_keras") and medians.get(("timm/eager", mode)):
                 assert line["ratio_to_timm_eager"] > 0
     assert "contender" in result.stdout and "vs timm eager" in result.stdout  # the table
+    if _installed("tensorflow"):
+        (ceiling,) = [line for line in lines if line["kind"] == "ceiling"]
+        assert ceiling["forward_gflop"] == round(_tiny_forward_flops(image_size=32, num_classes=3) / 1e9, 4)
+        assert ceiling["gemm_gflop_per_s"] > 0
+        assert abs(ceiling["infer_images_per_s"] - ceiling["gemm_gflop_per_s"] / ceiling["forward_gflop"]) < 0.01 * ceiling["infer_images_per_s"]
+        assert abs(3 * ceiling["train_images_per_s"] - ceiling["infer_images_per_s"]) < 0.01 * ceiling["infer_images_per_s"]
+        assert "ceiling:" in result.stdout
+
+
+def _tiny_forward_flops(image_size, num_classes):
+    """R1-1-1-1x1 counted by hand: a 7x7/2 root and a max-pool /2, then one bottleneck unit per
+    block (1x1 in, 3x3 carrying the block's stride, 1x1 out, and a 1x1 projection), then the head."""
+
+    def conv(size, kernel, cin, cout):
+        return 2 * size * size * kernel * kernel * cin * cout
+
+    size = image_size // 2
+    flops = conv(size, 7, 3, 64)
+    size //= 2
+    cin = 64
+    for block, mid in enumerate((64, 128, 256, 512)):
+        out = size if block == 0 else size // 2
+        flops += conv(size, 1, cin, mid) + conv(out, 3, mid, mid) + conv(out, 1, mid, 4 * mid) + conv(out, 1, cin, 4 * mid)
+        size, cin = out, 4 * mid
+    return flops + 2 * cin * num_classes

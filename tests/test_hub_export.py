@@ -82,6 +82,20 @@ def test_module_equals_keras_model_at_two_sizes(state, classifier_path, features
         np.testing.assert_allclose(classifier(x, training=True), logits, rtol=1e-5, atol=1e-5)
 
 
+def test_module_graph_has_no_xla_cluster(classifier_path):
+    # The model fuses GroupNorm into XLA clusters; the module must run wherever TensorFlow does.
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(classifier_path, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    graph = saved.meta_graphs[0].graph_def
+    assert len(graph.library.function) > 0
+    assert not [f.signature.name for f in graph.library.function if f.attr["_XlaMustCompile"].b]
+    nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+    assert not [n.name for n in nodes if n.attr["_XlaMustCompile"].b]
+
+
 def test_output_sizes(classifier_path, features_path):
     x = images(32)
     assert tf.saved_model.load(features_path)(x).shape == (2, 2048 * TINY.width)

@@ -1,9 +1,11 @@
 import keras
 import numpy as np
 import pytest
+from conftest import requires_tensorflow
 from reference import conv2d, group_norm, pad, standardize
 
 from bit_keras import GroupNormalization, StandardizedConv2D
+from bit_keras.layers import unfused
 
 pytestmark = pytest.mark.backends
 
@@ -44,6 +46,43 @@ def test_group_norm_matches_numpy(groups, channels):
     got = keras.ops.convert_to_numpy(gn(x))
     np.testing.assert_allclose(got, group_norm(x, gamma, beta, groups=groups), rtol=1e-4, atol=1e-4)
     assert gn.epsilon == 1e-5
+
+
+def _traced_group_norm(gn, x):
+    """Output and gradients (input, gamma, beta) of a traced GroupNorm step, and its XLA clusters."""
+    import tensorflow as tf
+
+    weights = tf.cast(tf.reshape(tf.range(x.size), x.shape) % 7, "float32")
+
+    @tf.function
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = gn(x)
+            loss = tf.reduce_sum(y * weights)
+        return [y, *tape.gradient(loss, [x, gn.gamma, gn.beta])]
+
+    concrete = step.get_concrete_function(tf.TensorSpec(x.shape, tf.float32))
+    library = concrete.graph.as_graph_def().library.function
+    clusters = sum(1 for f in library if f.attr["_XlaMustCompile"].b)
+    return [v.numpy() for v in concrete(tf.constant(x))], clusters
+
+
+@requires_tensorflow
+def test_group_norm_is_one_xla_cluster_under_tensorflow_and_matches_plain_ops():
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((2, 6, 5, 64)) * 3 + 1).astype("float32")
+    gn = GroupNormalization()
+    gn.build(x.shape)
+    gn.gamma.assign(rng.standard_normal(64).astype("float32"))
+    gn.beta.assign(rng.standard_normal(64).astype("float32"))
+    fused, fused_clusters = _traced_group_norm(gn, x)
+    with unfused():
+        plain, plain_clusters = _traced_group_norm(gn, x)
+    assert fused_clusters >= 1 and plain_clusters == 0
+    for got, expected in zip(fused, plain):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fused[0], group_norm(x, *keras.ops.convert_to_numpy([gn.gamma, gn.beta])), rtol=1e-4, atol=1e-4)
 
 
 def test_group_norm_rejects_indivisible_channels():
