@@ -272,7 +272,8 @@ class BiTFineTuner:
         resized = keras.ops.image.resize(images.astype("float32"), (crop, crop))
         if images.shape[-1] == 1:
             resized = keras.ops.repeat(resized, 3, axis=-1)
-        return self.model.predict((resized - 127.5) / 127.5, batch_size=self.engine.micro_batch, verbose=verbose)
+        with self.engine.scope():
+            return self.model.predict((resized - 127.5) / 127.5, batch_size=self.engine.micro_batch, verbose=verbose)
 
     # ------------------------------------------------------------------ internals
 

@@ -17,6 +17,7 @@ rest, the same for both trainers:
 - the best model, `best.keras`, written through a temporary file.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -27,7 +28,7 @@ import warnings
 import keras
 import numpy as np
 
-from bit_keras import distribute
+from bit_keras import distribute, layers
 
 BACKUP_FOLDER = "backup"
 BEST_MODEL = "best.keras"
@@ -178,6 +179,7 @@ class Engine:
                 f"Change batch_size or batch_split."
             )
         self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
+        self.fused = True  # until `compile` knows the run's length
         self._set_seed(seed)
 
     def _set_seed(self, seed):
@@ -195,8 +197,11 @@ class Engine:
         with self.scope():
             return AccumulatingSGD(learning_rate, 0.9, weight_decay, accumulation_steps=self.batch_split)
 
+    @contextlib.contextmanager
     def scope(self):
-        return distribute.scope(self.strategy)
+        """The strategy's scope, in which the engine builds and runs; unfused for the runs `compile` names."""
+        with distribute.scope(self.strategy), contextlib.nullcontext() if self.fused else layers.unfused():
+            yield
 
     def build(self, variant, weights=None, num_classes=None, mixed_precision=None):
         """A `bit_keras.BiT` with every variable made under the strategy."""
@@ -234,7 +239,13 @@ class Engine:
         return "auto"
 
     def compile(self, model, optimizer, total_steps):
-        """Compiles `model` for soft-label (mixup) classification from logits, with every object made under the strategy."""
+        """Compiles `model` for soft-label (mixup) classification from logits, with every object made under the strategy.
+
+        Runs shorter than `XLA_MIN_UPDATES`, and runs with `jit_compile=False`,
+        then trace their steps (training, `evaluate`, `predict`) under
+        `layers.unfused()`: no XLA at all, not even GroupNorm's own clusters.
+        """
+        self.fused = self.jit_compile is not False and total_steps >= XLA_MIN_UPDATES
         with self.scope():
             model.compile(
                 optimizer=optimizer,

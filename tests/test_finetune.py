@@ -110,6 +110,25 @@ def test_xla_for_long_single_device_runs_and_the_same_updates_as_without():
         tuner_for(jit_compile="yes")
 
 
+def _xla_clusters_traced_in(engine, model):
+    import tensorflow as tf
+
+    with engine.scope():
+        concrete = tf.function(model).get_concrete_function(tf.TensorSpec((2, 32, 32, 3), tf.float32))
+    return sum(1 for f in concrete.graph.as_graph_def().library.function if f.attr["_XlaMustCompile"].b)
+
+
+@requires_tensorflow
+def test_short_runs_and_runs_without_xla_trace_groupnorm_unfused():
+    from bit_keras.training import XLA_MIN_UPDATES
+
+    for jit_compile, steps, fused in (("auto", XLA_MIN_UPDATES, True), ("auto", XLA_MIN_UPDATES - 1, False), (False, 10 * XLA_MIN_UPDATES, False)):
+        tuner = tuner_for(steps=steps, jit_compile=jit_compile, dataset_size=100, image_size=(32, 32))
+        tuner._compile()
+        clusters = _xla_clusters_traced_in(tuner.engine, tuner.model)
+        assert (clusters > 0) is fused, (jit_compile, steps, clusters)
+
+
 class _Interrupt(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch == 2:
