@@ -118,6 +118,8 @@ class GroupNormalization(keras.layers.Layer):
     only the output is cast to the compute dtype. The variance is computed in
     one pass, as E[x^2] - E[x]^2 in float32: exact to about 1e-7 of E[x^2],
     ample for activations whose mean is not thousands of times their spread.
+    Under TensorFlow the arithmetic runs as one XLA cluster per layer,
+    between TensorFlow's own convolutions; `unfused()` traces plain ops.
 
     Args:
         groups: number of channel groups (BiT: 32); must divide the channels.

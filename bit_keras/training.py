@@ -226,11 +226,12 @@ class Engine:
         "auto" compiles with XLA on the TensorFlow backend when the run has
         one device and at least `XLA_MIN_UPDATES` updates: XLA fuses the
         GroupNorm and weight-standardisation arithmetic around the
-        convolutions; `benchmarks/bench_step.py` measured it level with the
-        plain step or faster in training and faster at inference (the
-        tuner's `evaluate` and `predict` run it) on a CPU too, where Keras'
-        own "auto" leaves it off. Otherwise Keras
-        decides (XLA on a GPU and under JAX; not under a tf.distribute strategy).
+        convolutions; `benchmarks/bench_step.py` measured it faster at
+        inference (the tuner's `evaluate` and `predict` run it) and level in
+        training, within the run's noise, with the default step (GroupNorm
+        fused, see `layers.unfused`) on a CPU too, where Keras' own "auto"
+        leaves it off. Otherwise Keras decides (XLA on a GPU and under JAX;
+        not under a tf.distribute strategy).
         """
         if self.jit_compile != "auto":
             return self.jit_compile
