@@ -5,9 +5,9 @@ Two settings take effect only before TensorFlow is imported, so
 
 - oneDNN kernels on. TensorFlow enables them by default only on CPUs with
   AVX-512 VNNI, BF16 or AMX; elsewhere (AVX2 machines, most AMD servers) its
-  fallback convolution gradients are slow: `benchmarks/bench_step.py`
-  measured a BiT-R50x1 training step at 0.60x timm's speed without oneDNN
-  and 0.88x with it. A `TF_ENABLE_ONEDNN_OPTS` the user set is kept,
+  fallback convolution gradients are slow (`benchmarks/bench_step.py`
+  measures a BiT training step with and without them; the README's
+  Performance section quotes a run). A `TF_ENABLE_ONEDNN_OPTS` the user set is kept,
   and nothing changes when TensorFlow was imported before bit_keras.
 - Start-up logging filtered.
 
