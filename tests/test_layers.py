@@ -120,3 +120,48 @@ def test_layers_serialize(layer):
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(clone) is type(layer)
     assert clone.get_config() == config
+
+
+def _kernel_gradient(conv, x, upstream):
+    """d sum(conv(x) * upstream) / d kernel, by the backend's own differentiation."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(conv(x) * upstream)
+        return tape.gradient(loss, conv.kernel.value).numpy()
+    if backend == "jax":
+        import jax
+
+        def loss(kernel):
+            outputs, _ = conv.stateless_call([kernel], [], x)
+            return (outputs * upstream).sum()
+
+        return np.asarray(jax.grad(loss)(conv.kernel.value))
+    pytest.fail(f"no gradient helper for the {backend} backend")
+
+
+@pytest.mark.parametrize("epsilon", [1e-10, 1e-2])
+def test_weight_standardization_gradient_matches_finite_differences(epsilon):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 5, 5, 2)).astype("float32")
+    conv = StandardizedConv2D(3, 3, epsilon=epsilon)
+    conv.build(x.shape)
+    kernel = (rng.standard_normal((3, 3, 2, 3)) * 0.5 + 0.3).astype("float32")
+    conv.kernel.assign(kernel)
+    upstream = rng.standard_normal((2, 3, 3, 3)).astype("float32")
+    got = _kernel_gradient(conv, x, upstream)
+
+    def loss(w):
+        return float(np.sum(conv2d(x.astype(np.float64), standardize(w, epsilon)) * upstream))
+
+    step = 1e-6
+    expected = np.zeros(kernel.shape)
+    for index in np.ndindex(kernel.shape):
+        shifted = kernel.astype(np.float64)
+        shifted[index] += step
+        up = loss(shifted)
+        shifted[index] -= 2 * step
+        expected[index] = (up - loss(shifted)) / (2 * step)
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
