@@ -10,6 +10,10 @@ One training step is forward, soft-label cross-entropy, backward and an SGD
     bit_keras/tf-unfused  the default, traced under `bit_keras.layers.unfused()`: GroupNorm as
                           plain TensorFlow ops rather than one XLA cluster per layer (only when
                           named in --contenders)
+    bit_keras/tf-floor    not a model: the default with weight standardisation skipped and GroupNorm
+                          cut to its per-channel scale and shift (no statistics), so that the step
+                          is TensorFlow's convolutions and little else; the floor a BiT on
+                          TensorFlow cannot go below (only when named in --contenders)
     bit_keras/jax         JAX backend, `train_on_batch` / `predict_on_batch` (the
                           step `model.fit` runs) on device-resident batches
     bit_keras/jax-stateless  JAX backend, a jitted `stateless_call` +
@@ -69,13 +73,15 @@ CONTENDERS = {
     "bit_keras/tf-xla": ("bit_keras", "tensorflow", {"jit_compile": True}),
     "bit_keras/tf-noxla": ("bit_keras", "tensorflow", {"jit_compile": False}),
     "bit_keras/tf-unfused": ("bit_keras", "tensorflow", {"unfused": True}),
+    "bit_keras/tf-floor": ("bit_keras", "tensorflow", {"floor": True}),
     "bit_keras/jax": ("bit_keras", "jax", {}),
     "bit_keras/jax-stateless": ("bit_keras", "jax", {"stateless": True}),
     "timm/eager": ("timm", None, {}),
     "timm/compile": ("timm", None, {"compile": True}),
     "keras/resnet50v2": ("keras_resnet50v2", "tensorflow", {}),
 }
-DEFAULT_CONTENDERS = [name for name in CONTENDERS if name not in ("bit_keras/tf-noxla", "bit_keras/tf-unfused")]
+DIAGNOSTIC_CONTENDERS = ("bit_keras/tf-noxla", "bit_keras/tf-unfused", "bit_keras/tf-floor")
+DEFAULT_CONTENDERS = [name for name in CONTENDERS if name not in DIAGNOSTIC_CONTENDERS]
 PEERS = ("timm/eager", "timm/compile", "keras/resnet50v2")
 MODES = ("infer", "train")
 PREFIX = "@@BENCH "
@@ -115,6 +121,8 @@ def _keras_steps(args, family, options):
 
         if options.get("unfused"):
             _WORKER_CONTEXTS.enter_context(bit_keras.layers.unfused())  # every trace of the worker's life is plain
+        if options.get("floor"):
+            _skip_normalization(bit_keras)
 
     import keras
     import numpy as np
@@ -155,7 +163,10 @@ def _keras_steps(args, family, options):
         onednn = "on" if _pywrap_util_port.IsMklEnabled() else "off"
         description = f"tensorflow {tf.__version__} on {'GPU' if gpus else 'CPU'}, oneDNN {onednn}"
         if family == "bit_keras":
-            description += f", GroupNorm {'as plain ops' if options.get('unfused') else 'fused by XLA'}"
+            if options.get("floor"):
+                description += ", the floor: no weight standardisation, GroupNorm without statistics"
+            else:
+                description += f", GroupNorm {'as plain ops' if options.get('unfused') else 'fused by XLA'}"
 
     forward_gflop = _forward_gflop(model)
     if options.get("stateless"):
@@ -171,6 +182,18 @@ def _keras_steps(args, family, options):
         return model.train_on_batch(x, y)
 
     return infer, train, device_peak, description, forward_gflop
+
+
+def _skip_normalization(bit_keras):
+    """In this worker only: convolutions use the raw kernel, and GroupNorm is `x * gamma + beta`."""
+    from keras import ops
+
+    def affine(layer, inputs):
+        dtype = inputs.dtype
+        return inputs * ops.cast(layer.gamma, dtype) + ops.cast(layer.beta, dtype)
+
+    bit_keras.StandardizedConv2D.standardized_kernel = lambda layer: ops.cast(layer.kernel, "float32")
+    bit_keras.GroupNormalization.call = affine
 
 
 def _forward_gflop(model):

@@ -22,7 +22,7 @@ def _installed(module):
     return importlib.util.find_spec(module) is not None
 
 
-SMOKE = ["bit_keras/tf", "bit_keras/jax", "timm/eager", "keras/resnet50v2"]
+SMOKE = ["bit_keras/tf", "bit_keras/tf-floor", "bit_keras/jax", "timm/eager", "keras/resnet50v2"]
 
 
 def test_bench_step_smoke_reports_every_contender():
@@ -50,6 +50,8 @@ def test_bench_step_smoke_reports_every_contender():
             assert line["variant"] == "R1-1-1-1x1" and line["batch_size"] == 2 and line["image_size"] == 32
             if name.startswith("bit_keras") and medians.get(("timm/eager", mode)):
                 assert line["ratio_to_timm_eager"] > 0
+    if "bit_keras/tf-floor" in measured:
+        assert "the floor" in medians[("bit_keras/tf-floor", "train")]["description"]
     assert "contender" in result.stdout and "vs timm eager" in result.stdout  # the table
     if _installed("tensorflow"):
         (ceiling,) = [line for line in lines if line["kind"] == "ceiling"]
