@@ -2,6 +2,7 @@
 
 import contextlib
 import numbers
+import warnings
 
 import keras
 
@@ -9,6 +10,8 @@ from bit_keras import checkpoints, distribute
 from bit_keras.resnet import WS_EPSILON, build_resnet, get_variant
 
 MIXED_PRECISION = ("mixed_bfloat16", "mixed_float16")
+# /proc/cpuinfo flags of CPUs with bfloat16 arithmetic: x86 AVX-512 BF16 and AMX, Arm's BF16 extension.
+BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def BiT(
@@ -56,7 +59,9 @@ def BiT(
         mixed_precision: "mixed_bfloat16" or "mixed_float16" to compute in
             half precision (variables, GroupNorm statistics, weight
             standardisation and logits stay float32); None uses Keras' global
-            dtype policy. The global policy is left as it was.
+            dtype policy. The global policy is left as it was. On a CPU with
+            no bfloat16 instructions (and no accelerator) "mixed_bfloat16"
+            warns: it is emulated there, and training is many times slower.
 
     The returned model records where its weights came from:
     `model.weights_family` ("official", "timm", "transformers", "keras" or
@@ -91,6 +96,8 @@ def BiT(
         classes = num_classes or checkpoint_classes or spec.upstream_classes
         if not classes:
             raise ValueError(f"{spec.name} has no upstream head; pass num_classes= for a classifier, or include_top=False.")
+    if (mixed_precision or keras.config.dtype_policy().name) == "mixed_bfloat16":
+        _warn_if_bfloat16_is_emulated()
     with _dtype_policy(mixed_precision), distribute.scope(None if strategy is None else distribute.resolve_strategy(strategy)):
         model = build_resnet(spec, classes, include_top, pooling, input_shape, name, ws_epsilon=ws_epsilon)
     if state is not None:
@@ -114,6 +121,51 @@ def _dtype_policy(name):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def _warn_if_bfloat16_is_emulated():
+    """Warns when the model would run bfloat16 on a CPU that has no bfloat16 instructions.
+
+    There, `benchmarks/bench_step.py --precision bf16` measured the TensorFlow
+    training step twelve times slower than in float32: the convolution
+    gradients fall back to reference kernels.
+    """
+    if _accelerator_visible():
+        return
+    flags = cpu_flags()
+    if flags is None or flags & BFLOAT16_CPU_FLAGS:
+        return
+    warnings.warn(
+        "mixed_bfloat16 on a CPU without bfloat16 instructions (no avx512_bf16, amx_bf16 or bf16 among its "
+        "/proc/cpuinfo flags): every bfloat16 operation is emulated, and training runs many times slower than "
+        "in float32. Leave mixed_precision=None here; use mixed_bfloat16 on TPUs, recent GPUs and CPUs that have it.",
+        stacklevel=3,
+    )
+
+
+def _accelerator_visible():
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return any(device.device_type != "CPU" for device in tf.config.list_logical_devices())
+    return True  # other backends: not ours to judge
+
+
+def cpu_flags(path="/proc/cpuinfo"):
+    """The instruction-set flags the kernel lists for this CPU, or None where it lists none (not Linux)."""
+    try:
+        with open(path) as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        return None
+    return None
 
 
 def _check_num_classes(num_classes):

@@ -1,4 +1,5 @@
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -158,6 +159,35 @@ def test_model_group_norm_epsilon_is_1e_5():
     logits, expected = _model_and_reference(state, x)
     _assert_reference_parity(logits, expected)
     assert np.abs(reference_forward(state, x, (1, 1, 1, 1), gn_eps=1e-3) - expected).max() > 0.05 * np.abs(expected).max()
+
+
+@pytest.mark.backends
+@pytest.mark.parametrize("flags,warns", [({"avx2", "fma"}, True), ({"avx2", "avx512_bf16"}, False), ({"amx_bf16"}, False), (None, False)])
+def test_mixed_bfloat16_warns_on_a_cpu_that_emulates_it(tiny, monkeypatch, flags, warns):
+    from bit_keras import models
+
+    monkeypatch.setattr(models, "_accelerator_visible", lambda: False)
+    monkeypatch.setattr(models, "cpu_flags", lambda: None if flags is None else frozenset(flags))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bit_keras.BiT(tiny, num_classes=3, mixed_precision="mixed_bfloat16")
+        bit_keras.BiT(tiny, num_classes=3)  # float32: never a warning
+    messages = [str(w.message) for w in caught if "bfloat16 instructions" in str(w.message)]
+    assert len(messages) == (1 if warns else 0), messages
+    if warns:
+        assert "mixed_precision=None" in messages[0]
+
+
+def test_cpu_flags_reads_x86_and_arm_cpuinfo(tmp_path):
+    from bit_keras.models import cpu_flags
+
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t: fpu\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n")
+    assert cpu_flags(str(x86)) == {"fpu", "sse2", "avx2", "fma"}
+    assert cpu_flags(str(arm)) == {"fp", "asimd", "bf16", "i8mm"}
+    assert cpu_flags(str(tmp_path / "missing")) is None
 
 
 @pytest.mark.backends
