@@ -96,9 +96,9 @@ def BiT(
         classes = num_classes or checkpoint_classes or spec.upstream_classes
         if not classes:
             raise ValueError(f"{spec.name} has no upstream head; pass num_classes= for a classifier, or include_top=False.")
-    if (mixed_precision or keras.config.dtype_policy().name) == "mixed_bfloat16":
-        _warn_if_bfloat16_is_emulated()
     with _dtype_policy(mixed_precision), distribute.scope(None if strategy is None else distribute.resolve_strategy(strategy)):
+        if keras.config.dtype_policy().name == "mixed_bfloat16":  # after the strategy has connected any TPU
+            _warn_if_bfloat16_is_emulated()
         model = build_resnet(spec, classes, include_top, pooling, input_shape, name, ws_epsilon=ws_epsilon)
     if state is not None:
         keep_head = include_top and classes == checkpoint_classes
