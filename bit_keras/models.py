@@ -126,9 +126,8 @@ def _dtype_policy(name):
 def _warn_if_bfloat16_is_emulated():
     """Warns when the model would run bfloat16 on a CPU that has no bfloat16 instructions.
 
-    There, `benchmarks/bench_step.py --precision bf16` measured the TensorFlow
-    training step twelve times slower than in float32: the convolution
-    gradients fall back to reference kernels.
+    On such a CPU, `benchmarks/bench_step.py --precision bf16` measured the
+    default TensorFlow training step twelve times slower than in float32.
     """
     if _accelerator_visible():
         return
