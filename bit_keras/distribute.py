@@ -3,7 +3,8 @@
 `resolve_strategy` turns "auto", "tpu", "mirrored", "multi_worker" or
 "default" into a `tf.distribute.Strategy` under the TensorFlow backend, or a
 `keras.distribution.DataParallel` under JAX. Both have `scope()`, which is all
-the training engine needs besides `num_replicas`.
+the training engine needs besides `num_replicas`. `accelerator_visible` and
+`cpu_flags` say what hardware this process has.
 
 Example:
 
@@ -55,6 +56,32 @@ def resolve_strategy(spec="auto", tpu=None):
             f"{keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow (or jax) before keras is imported."
         )
     return _tf_strategy(spec, tpu)
+
+
+def accelerator_visible():
+    """Whether the Keras backend sees any device besides the CPU (a GPU, a TPU connected by a strategy)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return any(device.device_type != "CPU" for device in tf.config.list_logical_devices())
+    return True  # other backends: not ours to judge
+
+
+def cpu_flags(path="/proc/cpuinfo"):
+    """The instruction-set flags the kernel lists for this CPU, or None where it lists none (not Linux)."""
+    try:
+        with open(path) as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        return None
+    return None
 
 
 def num_replicas(strategy):

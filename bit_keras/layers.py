@@ -116,9 +116,9 @@ def _standardize(kernel, epsilon):
 
     @ops.custom_gradient
     def standardize(kernel):
-        mean = ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
-        inverse_std = ops.rsqrt(ops.var(kernel, axis=(0, 1, 2), keepdims=True) + epsilon)
-        standardized = (kernel - mean) * inverse_std
+        centered = kernel - ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
+        inverse_std = ops.rsqrt(ops.mean(ops.square(centered), axis=(0, 1, 2), keepdims=True) + epsilon)
+        standardized = centered * inverse_std
 
         def gradient(*args, upstream=None):
             if upstream is None:

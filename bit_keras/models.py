@@ -129,9 +129,9 @@ def _warn_if_bfloat16_is_emulated():
     On such a CPU, `benchmarks/bench_step.py --precision bf16` measured the
     default TensorFlow training step twelve times slower than in float32.
     """
-    if _accelerator_visible():
+    if distribute.accelerator_visible():
         return
-    flags = cpu_flags()
+    flags = distribute.cpu_flags()
     if flags is None or flags & BFLOAT16_CPU_FLAGS:
         return
     warnings.warn(
@@ -140,31 +140,6 @@ def _warn_if_bfloat16_is_emulated():
         "in float32. Leave mixed_precision=None here; use mixed_bfloat16 on TPUs, recent GPUs and CPUs that have it.",
         stacklevel=3,
     )
-
-
-def _accelerator_visible():
-    if keras.backend.backend() == "jax":
-        import jax
-
-        return jax.default_backend() != "cpu"
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return any(device.device_type != "CPU" for device in tf.config.list_logical_devices())
-    return True  # other backends: not ours to judge
-
-
-def cpu_flags(path="/proc/cpuinfo"):
-    """The instruction-set flags the kernel lists for this CPU, or None where it lists none (not Linux)."""
-    try:
-        with open(path) as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return frozenset(value.split())
-    except OSError:
-        return None
-    return None
 
 
 def _check_num_classes(num_classes):

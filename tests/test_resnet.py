@@ -164,10 +164,10 @@ def test_model_group_norm_epsilon_is_1e_5():
 @pytest.mark.backends
 @pytest.mark.parametrize("flags,warns", [({"avx2", "fma"}, True), ({"avx2", "avx512_bf16"}, False), ({"amx_bf16"}, False), (None, False)])
 def test_mixed_bfloat16_warns_on_a_cpu_that_emulates_it(tiny, monkeypatch, flags, warns):
-    from bit_keras import models
+    from bit_keras import distribute
 
-    monkeypatch.setattr(models, "_accelerator_visible", lambda: False)
-    monkeypatch.setattr(models, "cpu_flags", lambda: None if flags is None else frozenset(flags))
+    monkeypatch.setattr(distribute, "accelerator_visible", lambda: False)
+    monkeypatch.setattr(distribute, "cpu_flags", lambda: None if flags is None else frozenset(flags))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         bit_keras.BiT(tiny, num_classes=3, mixed_precision="mixed_bfloat16")
@@ -179,7 +179,7 @@ def test_mixed_bfloat16_warns_on_a_cpu_that_emulates_it(tiny, monkeypatch, flags
 
 
 def test_cpu_flags_reads_x86_and_arm_cpuinfo(tmp_path):
-    from bit_keras.models import cpu_flags
+    from bit_keras.distribute import cpu_flags
 
     x86 = tmp_path / "x86"
     x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t: fpu\n")
