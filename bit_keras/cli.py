@@ -152,18 +152,20 @@ def weights_option(text):
 
 def run_finetune(args):
     import bit_keras
-    from bit_keras import tasks
+    from bit_keras import finetune, tasks
 
+    variant = bit_keras.get_variant(args.variant)
+    weights = weights_option(args.weights)
+    if weights == "release":  # refused before any data is read
+        weights = finetune.release_name(variant)
     task = tasks.load(args.dataset, data_dir=args.tfds_data_dir, examples_per_class=args.examples_per_class, seed=args.seed)
     print(
         f"[data] {task.name}: {task.train.num_examples} training ({task.splits[0]}), {task.validation.num_examples} "
         f"validation ({task.splits[1]}), {task.test.num_examples} test ({task.splits[2]}) examples, {task.train.num_classes} classes"
     )
-    variant = bit_keras.get_variant(args.variant)
-    print(f"[model] {variant.name}, weights {args.weights}")
     tuner = bit_keras.BiTFineTuner(
         variant,
-        weights=weights_option(args.weights),
+        weights=weights,
         num_classes=task.train.num_classes,
         batch_size=args.batch_size,
         base_lr=args.base_lr,
@@ -175,6 +177,7 @@ def run_finetune(args):
         sizes=args.sizes,
         **strategy_options(args),
     )
+    print(f"[model] {variant.name}, weights from {tuner.model.weights_source or 'random initialisation'}")
     tuner.fit(task.train, validation_data=task.validation)
     top1 = tuner.evaluate(task.test, verbose=0)["accuracy"]
     write_outputs(tuner.model, args)

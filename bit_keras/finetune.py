@@ -6,8 +6,27 @@ import keras
 import numpy as np
 
 from bit_keras import checkpoints, data, hyperrule, training
+from bit_keras.resnet import get_variant, variants
 
 FREEZE_POINTS = ("root", "block1", "block2", "block3", "block4", "head_only")
+
+
+def release_name(variant):
+    """The release to load for `weights="release"`: the variant's own name, or a clear error.
+
+    A `Variant` object and its name resolve alike (the lookup is by `Variant.name`).
+
+    >>> release_name(get_variant("BiT-M-R50x1"))
+    'BiT-M-R50x1'
+    """
+    name = get_variant(variant).name
+    if checkpoints.find_release(name) is None:
+        raise ValueError(
+            f'weights="release": {name} has no released weights (released: {", ".join(variants())}). '
+            f"Pass one of those variants, weights= a checkpoint to transfer from, or weights=None "
+            f"(--weights none) to fine-tune from random weights."
+        )
+    return name
 
 
 class BiTFineTuner:
@@ -49,8 +68,9 @@ class BiTFineTuner:
             "block1".."block4"): that stage and all before it are frozen;
             the final GroupNorm (`pre_head_gn`) and the head stay trainable,
             so freeze="block4" trains those two only.
-        weights: for a variant name, what to load: "release" (default: the
-            released checkpoint of that name), None, or any `BiT` weights.
+        weights: for a variant (name or `Variant`), what to load: "release"
+            (default: the released checkpoint of that name; an error for a
+            variant that has none), None (random weights), or any `BiT` weights.
         steps: override the rule's number of steps (warm-up and decays scale
             with it), for quick runs and demos.
         sizes: override the rule's (resize, crop), for quick runs and demos.
@@ -289,13 +309,7 @@ class BiTFineTuner:
             model = self.engine.adopt(model)
         else:
             if weights == "release":
-                weights = model_or_variant if checkpoints.find_release(str(model_or_variant)) else None
-                if weights is None:
-                    warnings.warn(
-                        f"{model_or_variant} has no released weights: fine-tuning starts from random weights. "
-                        f"Pass weights= a checkpoint to transfer from one.",
-                        stacklevel=3,
-                    )
+                weights = release_name(model_or_variant)
             model = self.engine.build(model_or_variant, weights, self.num_classes, mixed_precision)
         self._check_head(model)
         if zero_head:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import requires_tensorflow
 from PIL import Image
+from reference import random_state
 
 pytestmark = requires_tensorflow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,6 +93,35 @@ def test_finetune_tfds_mock_data_saves_and_exports(tmp_path):
         assert saved["resnet/head/conv2d/bias"].shape == (10,)
     assert os.path.exists(tmp_path / "hub" / "saved_model.pb")
     assert "cuInit" not in result.stderr and "oneDNN" not in result.stderr
+
+
+def test_finetune_loads_the_variants_release_by_default(tmp_path):
+    """--weights release (the default) loads the variant's released checkpoint, here served from the cache."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    state = random_state((1, 1, 1, 1), 1, 5, seed=11)
+    np.savez(cache / "BiT-M-R1-1-1-1x1.npz", **state)
+    register = (
+        "from bit_keras.checkpoints import releases\n"
+        "releases.RELEASES['BiT-M-R1-1-1-1x1'] = releases.Release('BiT-M-R1-1-1-1x1', 'R1-1-1-1x1', 5, 'BiT-M-R1-1-1-1x1.npz')\n"
+    )
+    args = ["finetune", "--dataset", "cifar10", "--variant", "BiT-M-R1-1-1-1x1", "--batch_size", "8", "--steps", "2",
+            "--sizes", "20,16", "--base_lr", "1e-12", "--save", str(tmp_path / "m.npz")]
+    env = {**os.environ, "BIT_KERAS_CACHE": str(cache)}
+    result = subprocess.run([sys.executable, "-c", register + MOCK_TFDS] + args, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"weights from BiT-M-R1-1-1-1x1 ({cache}" in result.stdout
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as saved:  # at LR 1e-12 the backbone is the release's
+        for key in ("resnet/root_block/standardized_conv2d/kernel", "resnet/group_norm/gamma"):
+            np.testing.assert_allclose(saved[key], state[key], atol=1e-6)
+
+
+def test_finetune_release_of_a_variant_without_one_is_an_error(tmp_path):
+    result = subprocess.run(BIT_KERAS + ["finetune", "--dataset", "cifar10", "--variant", "R1-1-1-1x1"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1 and "R1-1-1-1x1 has no released weights" in result.stderr, result.stderr[-2000:]
+    assert "--weights none" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_finetune_image_folder_with_a_corrupt_file(tmp_path):

@@ -356,7 +356,38 @@ def test_hyperrule_pieces_in_user_model_fit(tmp_path):
     assert restored.optimizer._learning_rate.get_config() == rule.learning_rate().get_config()
 
 
-def test_a_variant_without_released_weights_warns():
-    with pytest.warns(UserWarning, match="no released weights"):
-        tuner = BiTFineTuner("BiT-L-R50x1", num_classes=2)
-    assert tuner.model.output.shape == (None, 2)
+TINY_RELEASE = "BiT-M-R1-1-1-1x1"
+
+
+def serve_tiny_release(cache, monkeypatch):
+    """A tiny variant's release, served from the download cache as the bucket's file would be."""
+    from reference import random_state
+
+    from bit_keras.checkpoints import releases
+
+    state = random_state((1, 1, 1, 1), 1, 5, seed=11)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(cache / f"{TINY_RELEASE}.npz", **state)
+    monkeypatch.setitem(releases.RELEASES, TINY_RELEASE, releases.Release(TINY_RELEASE, "R1-1-1-1x1", 5, f"{TINY_RELEASE}.npz"))
+    monkeypatch.setenv("BIT_KERAS_CACHE", str(cache))
+    return state
+
+
+@pytest.mark.parametrize("as_object", [True, False], ids=["Variant", "name"])
+def test_release_weights_load_for_a_variant_object_or_name(tmp_path, monkeypatch, as_object):
+    state = serve_tiny_release(tmp_path / "cache", monkeypatch)
+    variant = bit_keras.get_variant(TINY_RELEASE) if as_object else TINY_RELEASE
+    tuner = BiTFineTuner(variant, num_classes=2)
+    assert tuner.model.weights_source.startswith(f"{TINY_RELEASE} ({tmp_path / 'cache'}")
+    loaded = bit_keras.checkpoints.model_state(tuner.model)
+    for key in (bit_keras.checkpoints.ROOT_KERNEL, "resnet/block4/unit01/c/group_norm/gamma"):
+        np.testing.assert_array_equal(loaded[key], state[key])
+    np.testing.assert_array_equal(loaded[bit_keras.checkpoints.HEAD_KERNEL], 0)  # a new, zero head of 2 classes
+
+
+def test_release_weights_for_a_variant_without_a_release_is_an_error():
+    with pytest.raises(ValueError, match=r"BiT-L-R50x1 has no released weights \(released: BiT-S-R50x1, .*weights=None"):
+        BiTFineTuner("BiT-L-R50x1", num_classes=2)
+    with pytest.raises(ValueError, match="R1-1-1-1x1 has no released weights"):
+        BiTFineTuner(TINY, num_classes=2)
+    assert BiTFineTuner(TINY, num_classes=2, weights=None).model.output.shape == (None, 2)
