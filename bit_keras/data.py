@@ -314,12 +314,17 @@ def train_pipeline(
     repeat=True,
     batch_split=1,
     start_batch=0,
+    flip=True,
+    random_crop=True,
 ):
     """The BiT-HyperRule fine-tuning input pipeline.
 
     Each image is resized to `(resize, resize)`, randomly cropped to
     `(crop, crop)`, flipped left-right with probability 1/2 (each image on its
-    own), and scaled to [-1, 1]. Batches have exactly `batch_size` examples
+    own), and scaled to [-1, 1]. Where a crop or a mirror image would change
+    the label (digits, text, orientation), the paper (section 3.3) leaves
+    them out: `flip=False` and `random_crop=False` (which resizes straight to
+    `(crop, crop)`, as evaluation does). Batches have exactly `batch_size` examples
     and one-hot labels; with `mixup_alpha > 0` each batch is mixed with itself
     reversed, one lambda per batch. Examples are shuffled before augmentation,
     so the buffer holds raw uint8 images rather than float32 crops.
@@ -345,6 +350,9 @@ def train_pipeline(
             pass (then every pass is a freshly shuffled, augmented epoch).
         batch_split: yield each batch as this many micro-batches.
         start_batch: batches of the stream to skip (with `repeat`).
+        flip: random left-right flips (True, the official behaviour).
+        random_crop: random crops of the resized image (True, the official
+            behaviour); False resizes to `(crop, crop)` directly.
 
     Example:
 
@@ -362,7 +370,10 @@ def train_pipeline(
     _check_one_batch(source, batch_size, repeat)
     dataset = _example_stream(source, seed, shuffle_buffer, repeat, start_batch * batch_size)
     dataset = dataset.map(
-        lambda example, example_seed: (*_resize_crop_flip(*example, example_seed, resize, crop), example_seed),
+        lambda example, example_seed: (
+            *_resize_crop_flip(*example, example_seed, resize if random_crop else crop, crop, flip),
+            example_seed,
+        ),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return _batches(dataset, source.num_classes, batch_size, mixup_alpha, batch_split)
@@ -437,13 +448,15 @@ def upstream_pipeline(
     batch_split=1,
     start_batch=0,
     crop_area=(0.08, 1.0),
+    flip=True,
 ):
     """The BiT-S/M pre-training pipeline: Inception-style crop, flip, [-1, 1].
 
     A random crop of 8%-100% of the image area (`crop_area`) with aspect
     ratio in [3/4, 4/3] is resized to `(image_size, image_size)` (keras-cv's `RandomCropAndResize`
     crops; the box is drawn from the example's seed), flipped left-right with
-    probability 1/2, and scaled to [-1, 1]. Batches have exactly `batch_size`
+    probability 1/2 (unless `flip=False`, for data whose mirror image
+    changes the label), and scaled to [-1, 1]. Batches have exactly `batch_size`
     examples and one-hot labels. The stream depends on `seed` and the position
     only, as in `train_pipeline`, whose `batch_split` and `start_batch` it shares.
 
@@ -470,7 +483,8 @@ def upstream_pipeline(
         image, label = example
         box_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(example_seed, 2))
         image = crop_and_resize.augment_image(tf.cast(image, tf.float32), _inception_box(box_seed, low, high))
-        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+        if flip:
+            image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
         return _scale(image), label, example_seed
 
     dataset = _example_stream(source, seed, shuffle_buffer, repeat, start_batch * batch_size)
@@ -676,11 +690,13 @@ def _batches(dataset, num_classes, batch_size, mixup_alpha, batch_split):
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def _resize_crop_flip(image, label, seed, resize, crop):
+def _resize_crop_flip(image, label, seed, resize, crop, flip):
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     image = tf.image.resize(image, (resize, resize))
-    image = tf.image.stateless_random_crop(image, (crop, crop, 3), seed=crop_seed)
-    image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+    if resize != crop:
+        image = tf.image.stateless_random_crop(image, (crop, crop, 3), seed=crop_seed)
+    if flip:
+        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
     return _scale(image), label
 
 

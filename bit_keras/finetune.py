@@ -79,6 +79,10 @@ class BiTFineTuner:
             `training.Engine.xla`); True or False to choose.
         zero_head: set the head to zeros first, as BiT fine-tuning does (True);
             False keeps it, to continue an earlier fine-tune.
+        flip: random left-right flips in training (True, as the official
+            code); turn off where a mirror image changes the label.
+        random_crop: random crops in training (True, as the official code);
+            False resizes straight to the crop size, as evaluation does.
 
     Example:
 
@@ -112,6 +116,8 @@ class BiTFineTuner:
         steps=None,
         sizes=None,
         zero_head=True,
+        flip=True,
+        random_crop=True,
     ):
         if freeze not in (None,) + FREEZE_POINTS:
             raise ValueError(f"freeze must be None or one of {FREEZE_POINTS}, got {freeze!r}.")
@@ -135,6 +141,8 @@ class BiTFineTuner:
         self.freeze = freeze
         self.steps = None if steps is None else training.positive_int("steps", steps)
         self.sizes = sizes
+        self.flip = _flag("flip", flip)
+        self.random_crop = _flag("random_crop", random_crop)
         self.model = self._build(model_or_variant, mixed_precision, weights, zero_head)
         self._compiled_schedule = None
 
@@ -168,7 +176,15 @@ class BiTFineTuner:
                 "or call fit() with a bit_keras.data.Source or arrays, which carry both."
             )
         return hyperrule.HyperRule(
-            self.dataset_size, tuple(self.image_size), self.batch_size, self.base_lr, self.rule, self.steps, self.sizes
+            self.dataset_size,
+            tuple(self.image_size),
+            self.batch_size,
+            self.base_lr,
+            self.rule,
+            self.steps,
+            self.sizes,
+            self.flip,
+            self.random_crop,
         )
 
     @property
@@ -219,13 +235,21 @@ class BiTFineTuner:
                 seed=self.engine.seed,
                 batch_split=self.batch_split,
                 start_batch=start_batch,
+                flip=rule.flip,
+                random_crop=rule.random_crop,
             )
 
         validation = None
         if validation_data is not None:
             validation = data.eval_pipeline(self._source(validation_data), crop=rule.crop, batch_size=self.engine.micro_batch)
         self._compile()
-        fingerprint = {"dataset_size": self.dataset_size, "resolution": list(rule.resolution), "base_lr": self.base_lr}
+        fingerprint = {
+            "dataset_size": self.dataset_size,
+            "resolution": list(rule.resolution),
+            "base_lr": self.base_lr,
+            "flip": rule.flip,
+            "random_crop": rule.random_crop,
+        }
         return self.engine.fit(
             self.model,
             make_train,
@@ -365,3 +389,9 @@ class BiTFineTuner:
         if self.image_size is None:
             image, _ = next(iter(source.dataset.take(1)))
             self.image_size = tuple(int(d) for d in image.shape[:2])
+
+
+def _flag(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)

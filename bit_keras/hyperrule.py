@@ -158,7 +158,9 @@ class HyperRule:
     (160, 128, 10000, 0.1)
 
     `steps` and `sizes` (resize, crop) override the rule for quick runs; the
-    table says so.
+    table says so. `flip` and `random_crop` (both on, as in the official
+    code) can be turned off where they would change the label (digits,
+    text, orientation), as the paper does.
     """
 
     dataset_size: int
@@ -168,6 +170,8 @@ class HyperRule:
     rule: str = "paper"
     steps: int = None
     sizes: tuple = None
+    flip: bool = True
+    random_crop: bool = True
 
     @property
     def resolution(self):
@@ -213,8 +217,9 @@ class HyperRule:
     def __str__(self):
         rows = [
             ("dataset", f"{self.dataset_size:,} examples of {self.image_size[0]}x{self.image_size[1]} px"),
-            ("resolution", f"resize {self.resize}, random crop {self.crop} "
+            ("resolution", (f"resize {self.resize}, random crop {self.crop} " if self.random_crop else f"resize {self.crop} ")
              + ("(overridden)" if self.sizes else f"({self.rule} rule)")),
+            ("flips", "random left-right" if self.flip else "off"),
             ("steps", f"{self.total_steps:,} at batch {self.batch_size}" + (" (overridden)" if self.steps else "")),
             ("warm-up", f"{self.warmup_steps:,} steps, linear from 0"),
             ("learning rate", f"{self.peak_lr:g}, x0.1 after steps {', '.join(f'{b:,}' for b in self.boundaries)}"),

@@ -96,6 +96,8 @@ class BiTPretrainer:
         crop_area: the share of the image area a random crop covers: the
             recipe's Inception crops take 8%-100%; tiny images (a digit of
             8x8 px) keep more of themselves with e.g. (0.5, 1.0).
+        flip: random left-right flips (True, as the recipe); turn off for
+            data whose mirror image changes the label (digits, text).
         jit_compile: "auto" compiles the training step with XLA for
             TensorFlow runs of at least 100 updates on one device (see
             `training.Engine.xla`); True or False to choose.
@@ -129,6 +131,7 @@ class BiTPretrainer:
         steps=None,
         image_size=224,
         crop_area=(0.08, 1.0),
+        flip=True,
         batch_split=1,
         strategy=None,
         tpu=None,
@@ -152,6 +155,9 @@ class BiTPretrainer:
         self.base_lr, self.weight_decay, self.epochs, self.steps = base_lr, weight_decay, epochs, steps
         self.image_size = training.positive_int("image_size", image_size)
         self.crop_area = data._check_crop_area(crop_area)
+        if not isinstance(flip, bool):
+            raise ValueError(f"flip must be True or False, got {flip!r}.")
+        self.flip = flip
         self.num_classes = None if num_classes is None else training.positive_int("num_classes", num_classes)
         self.mixed_precision = mixed_precision
         self._variant = None
@@ -193,6 +199,7 @@ class BiTPretrainer:
                 batch_split=self.engine.batch_split,
                 start_batch=start_batch,
                 crop_area=self.crop_area,
+                flip=self.flip,
             )
 
         validation = None
@@ -205,6 +212,7 @@ class BiTPretrainer:
             "image_size": self.image_size,
             "base_lr": self.base_lr,
             "crop_area": list(self.crop_area),
+            "flip": self.flip,
         }
         return self.engine.fit(
             self.model,

@@ -15,7 +15,7 @@ pytestmark = requires_tensorflow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 REDUCED = ["--seeds", "1", "--shots", "1,full", "--upstream_steps", "3", "--finetune_steps", "2"]
-ROW_KEYS = {"examples_per_class", "transfer_mean", "transfer_std", "scratch_mean", "scratch_std"}
+ROW_KEYS = {"examples_per_class", "transfer_mean", "transfer_std", "scratch_mean", "scratch_std", "probe_mean", "probe_std"}
 
 
 def run_script(name, args, cwd, code=None, timeout=900):
@@ -37,9 +37,10 @@ def test_transfer_demo_reduced_then_reuses_the_upstream_cache(tmp_path):
         assert set(row) == ROW_KEYS
         assert all(0.0 <= row[key] <= 1.0 for key in ROW_KEYS - {"examples_per_class"})
         # The printed table holds the same numbers as the file.
-        shown = f"{row['transfer_mean']:.3f} ± {row['transfer_std']:.3f}  {row['scratch_mean']:.3f} ± {row['scratch_std']:.3f}"
+        shown = "  ".join(f"{row[f'{arm}_mean']:.3f} ± {row[f'{arm}_std']:.3f}" for arm in ("transfer", "scratch", "probe"))
         assert shown in first
-    assert re.search(r"^Transfer (helped|did not help)", first, re.M)
+    gains = ", ".join(f"{row['transfer_mean'] - row['scratch_mean']:+.3f} at k={row['examples_per_class']}" for row in rows)
+    assert re.search(r"^Transfer (helped|did not help).*" + re.escape(gains), first, re.M)
     with Image.open(out / "few_shot.png") as figure:
         assert figure.format == "PNG" and figure.size == (600, 400)
 
