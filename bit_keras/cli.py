@@ -66,6 +66,14 @@ def build_parser():
     add_model_flags(finetune_parser, default_variant="BiT-M-R50x1", default_batch_size=512, default_base_lr=0.003)
     finetune_parser.add_argument("--steps", type=int, help="override the HyperRule's number of steps (quick runs)")
     finetune_parser.add_argument("--sizes", type=_sizes, help="override the HyperRule's resize,crop (quick runs), e.g. 40,32")
+    finetune_parser.add_argument(
+        "--flip", action=argparse.BooleanOptionalAction, default=True,
+        help="random left-right flips (on, as the official code); --no-flip where a mirror image changes the label",
+    )
+    finetune_parser.add_argument(
+        "--random_crop", action=argparse.BooleanOptionalAction, default=True,
+        help="random crops of the resized image (on, as the official code); --no-random_crop resizes to the crop size",
+    )
     add_training_flags(finetune_parser)
     add_output_flags(finetune_parser)
     finetune_parser.set_defaults(run=run_finetune)
@@ -175,6 +183,8 @@ def run_finetune(args):
         seed=args.seed,
         steps=args.steps,
         sizes=args.sizes,
+        flip=args.flip,
+        random_crop=args.random_crop,
         **strategy_options(args),
     )
     print(f"[model] {variant.name}, weights from {tuner.model.weights_source or 'random initialisation'}")

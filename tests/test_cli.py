@@ -49,7 +49,7 @@ HELP_FLAGS = {
     "demo": ["--out", "--force_upstream", "--seeds", "--shots", "--upstream_steps", "--finetune_steps"],
     "finetune": ["--dataset", "--examples_per_class", "--batch_size", "--batch_split", "--mixed_precision", "--strategy", "--tpu",
                  "--checkpoint_dir", "--save", "--export_dir", "--tfds_data_dir", "--variant", "--weights", "--steps", "--sizes",
-                 "--seed"],
+                 "--seed", "--flip", "--no-flip", "--random_crop", "--no-random_crop"],
     "pretrain": ["--dataset", "--variant", "--batch_size", "--base_lr", "--weight_decay", "--epochs", "--steps", "--image_size",
                  "--batch_split", "--mixed_precision", "--strategy", "--tpu", "--checkpoint_dir", "--backup_every", "--save",
                  "--export_dir"],
@@ -83,8 +83,9 @@ def test_every_command_help_lists_its_flags(command, capsys):
 
 def test_finetune_tfds_mock_data_saves_and_exports(tmp_path):
     args = ["finetune", "--dataset", "cifar10", *TINY, "--sizes", "20,16", "--save", str(tmp_path / "m.npz"),
-            "--export_dir", str(tmp_path / "hub")]
+            "--export_dir", str(tmp_path / "hub"), "--no-flip"]
     result = bit_keras_cli(args, cwd=tmp_path, code=MOCK_TFDS)
+    assert re.search(r"^ +flips +off$", result.stdout, re.M) and "random crop 16" in result.stdout
     # CIFAR's splits as the official release: train[:98%] / train[98%:] / test.
     assert "train[:98%]" in result.stdout and "train[98%:]" in result.stdout
     dataset, variant, steps, top1 = result_line(result.stdout)

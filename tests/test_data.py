@@ -70,6 +70,22 @@ def test_flip_is_random_per_image():
     assert 0 < flipped < 64
 
 
+def test_flip_and_random_crop_can_be_turned_off():
+    """Where a mirror image or a shifted crop changes the label (digits), the paper leaves them out."""
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[:, 4:] = 255
+    source = data.from_arrays(np.stack([image] * 64), np.zeros(64, int))
+    images, _ = next(iter(data.train_pipeline(source, resize=8, crop=8, batch_size=64, seed=1, flip=False)))
+    assert np.all(images.numpy()[:, 0, 0, 0] < 0)  # no image starts white
+    # Without random crops, training resizes straight to the crop size, exactly as evaluation does.
+    photos = _mixed_size_source()
+    train = data.train_pipeline(photos, resize=16, crop=8, batch_size=6, seed=0, flip=False, random_crop=False)
+    images, _ = next(iter(train))
+    evaluated, _ = next(iter(data.eval_pipeline(photos, crop=8, batch_size=6)))
+    for x in images.numpy():
+        assert any(np.array_equal(x, e) for e in evaluated.numpy())
+
+
 def test_crop_position_is_random():
     # Channel 0 holds the row, channel 1 the column: a crop's top-left values
     # give its offset whatever the left-right flip did.
