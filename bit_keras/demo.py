@@ -31,8 +31,8 @@ Example (the pieces, without training):
 (5, 5, 5)
 >>> parse_shots("1,5,full")
 (1, 5, 'full')
->>> [Recipe().steps_for(n) for n in (5, 50, 717)]
-[40, 40, 113]
+>>> [Recipe().steps_for(n) for n in (5, 50, 729)]
+[40, 40, 114]
 >>> print(table([row(1, [0.6, 0.8], [0.4, 0.4], [0.5, 0.5])]))
 examples/class   transfer       scratch        linear probe   gain over scratch
 1                0.700 ± 0.100  0.400 ± 0.000  0.500 ± 0.000  +0.300
@@ -66,7 +66,7 @@ class Recipe:
     """Every number of a demo run: one rule for every k, for both fine-tuned arms.
 
     Upstream: 300 updates of 16 digits 0-4 at 16 px (about 7 epochs of the
-    729 images), LR 0.1 x 16/256 = 0.00625 as BiT-S/M scale it, crops of
+    708 images), LR 0.1 x 16/256 = 0.00625 as BiT-S/M scale it, crops of
     50-100% of the area (the recipe's 8% leaves too little of an 8x8 digit)
     and no flips: a mirrored 2, 3 or 4 is not a digit, and the paper leaves
     out augmentations that destroy the label.
