@@ -39,6 +39,10 @@ class Source:
         num_examples: number of examples in `dataset`.
         num_classes: number of classes; sets the one-hot depth.
         class_names: name of each class id, when known.
+        by_index: for sources that can be read in any order (`from_arrays`,
+            `from_folder`), a function from a dataset of int64 indices to the
+            dataset of those examples: training pipelines then draw a full
+            permutation every epoch instead of shuffling through a buffer.
 
     Example:
 
@@ -52,6 +56,7 @@ class Source:
     num_examples: int
     num_classes: int
     class_names: list | None = None
+    by_index: object = None
 
 
 def from_tfds(name, split="train", data_dir=None, image_key="image", label_key="label"):
@@ -141,7 +146,12 @@ def from_arrays(images, labels, num_classes=None):
             f"Fix the labels or pass a larger num_classes."
         )
     dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int64)))
-    return Source(dataset, len(labels), num_classes)
+    images, labels = tf.constant(images), tf.constant(labels.astype(np.int64))
+
+    def by_index(indices):
+        return indices.map(lambda i: (tf.gather(images, i), tf.gather(labels, i)))
+
+    return Source(dataset, len(labels), num_classes, by_index=by_index)
 
 
 def from_folder(path, extensions=(".jpg", ".jpeg", ".png", ".bmp", ".gif")):
@@ -221,11 +231,18 @@ def from_folder(path, extensions=(".jpg", ".jpeg", ".png", ".bmp", ".gif")):
     # A fixed permutation: class-sorted order would defeat a shuffle buffer
     # smaller than the dataset, and a fixed one keeps passes identical.
     order = np.random.default_rng(0).permutation(len(paths))
-    dataset = tf.data.Dataset.from_tensor_slices((np.array(paths)[order], np.array(labels, np.int64)[order]))
-    dataset = dataset.map(lambda file, label: (_decode_image(file), label), num_parallel_calls=tf.data.AUTOTUNE)
-    # Drops files that fail to decode; the order of the others is unchanged.
-    dataset = dataset.ignore_errors(log_warning=True)
-    return Source(dataset, len(paths), len(class_dirs), [d.name for d in class_dirs])
+    files, labels = tf.constant(np.array(paths)[order]), tf.constant(np.array(labels, np.int64)[order])
+
+    def decoded(examples):
+        # Drops files that fail to decode; the order of the others is unchanged.
+        examples = examples.map(lambda file, label: (_decode_image(file), label), num_parallel_calls=tf.data.AUTOTUNE)
+        return examples.ignore_errors(log_warning=True)
+
+    def by_index(indices):
+        return decoded(indices.map(lambda i: (tf.gather(files, i), tf.gather(labels, i))))
+
+    dataset = decoded(tf.data.Dataset.from_tensor_slices((files, labels)))
+    return Source(dataset, len(paths), len(class_dirs), [d.name for d in class_dirs], by_index=by_index)
 
 
 def as_source(data, num_classes=None, dataset_size=None):
@@ -259,7 +276,11 @@ def as_source(data, num_classes=None, dataset_size=None):
 def few_shot(source, examples_per_class, seed=0):
     """A `Source` with `examples_per_class` examples of each class, drawn with `seed`.
 
-    A class with fewer examples contributes all of them, with a warning. The
+    The draw is the official code's (big_transfer's `sample_subset`): for
+    each class in turn, `choice(indices of the class, k, replace=False)` from
+    NumPy's legacy generator seeded with `seed`, so a seed selects the same
+    examples as the official `--examples_per_class_seed`. A class with fewer
+    examples contributes all of them, with a warning. The
     subset keeps the source's order and is cached in memory after its first
     pass, so later epochs do not re-read the whole source.
 
@@ -278,7 +299,7 @@ def few_shot(source, examples_per_class, seed=0):
     if not isinstance(examples_per_class, (int, np.integer)) or examples_per_class < 1:
         raise ValueError(f"examples_per_class must be a positive integer, got {examples_per_class!r}.")
     labels = np.fromiter(source.dataset.map(lambda image, label: label).as_numpy_iterator(), np.int64)
-    rng = np.random.default_rng(seed)
+    rng = np.random.RandomState(seed)  # the official draw: np.random.seed(seed), then np.random.choice
     keep = np.zeros(len(labels), bool)
     short = {}
     for class_id in range(source.num_classes):
@@ -343,7 +364,10 @@ def train_pipeline(
         crop: side of the random square crop (HyperRule: 128 or 384).
         batch_size: examples per (global) batch; a last partial one is dropped.
         mixup_alpha: Beta(alpha, alpha) mixup; 0 turns it off.
-        shuffle_buffer: examples in the shuffle buffer.
+        shuffle_buffer: examples in the shuffle buffer of sources that can
+            only be streamed (`from_tfds`, `few_shot`, a `tf.data.Dataset`);
+            `from_arrays` and `from_folder` sources are permuted whole each
+            epoch, as a class-sorted source needs.
         seed: integer seed for shuffling and augmentation; None for fresh
             randomness on every run.
         repeat: repeat forever (for step-based schedules) or stop after one
@@ -646,7 +670,11 @@ def _example_stream(source, seed, shuffle_buffer, repeat, start):
 
     def epoch(index):
         epoch_seed = tf.random.experimental.stateless_fold_in(base, index)
-        examples = _shuffled(source.dataset, shuffle_buffer, epoch_seed[0])
+        if source.by_index is not None:
+            order = tf.random.experimental.stateless_shuffle(tf.range(source.num_examples, dtype=tf.int64), seed=epoch_seed)
+            examples = source.by_index(tf.data.Dataset.from_tensor_slices(order))
+        else:
+            examples = _shuffled(source.dataset, shuffle_buffer, epoch_seed[0])
         return examples.enumerate().map(
             lambda position, example: (example, tf.random.experimental.stateless_fold_in(epoch_seed, position))
         )

@@ -45,8 +45,10 @@ class BiTFineTuner:
         image_size: (height, width) of the original images; read from the
             first training example when not given.
         num_classes: classes of the task; the model's head must have as many.
-        batch_size: the global batch (512 in the rule); the LR scales with it.
-        base_lr: LR at batch 512 (0.003 in the rule).
+        batch_size: the global batch (512 in the rule).
+        base_lr: None (the rule's LR: 0.003 at batch 512, scaled linearly
+            with `batch_size`), or the peak LR used as given at any batch,
+            as the official `--base_lr` is.
         batch_split: accumulate gradients over this many micro-batches, so a
             batch of 512 fits in small memory. GroupNorm has no batch
             statistics, and mixup mixes the whole batch before it is split,
@@ -101,7 +103,7 @@ class BiTFineTuner:
         image_size=None,
         num_classes=None,
         batch_size=hyperrule.REFERENCE_BATCH_SIZE,
-        base_lr=hyperrule.BASE_LR,
+        base_lr=None,
         batch_split=1,
         rule="paper",
         strategy=None,
@@ -136,7 +138,7 @@ class BiTFineTuner:
         self.image_size = image_size
         self._given_sizes = (self.dataset_size, self.image_size)  # the rest is read from each run's data
         self.num_classes = None if num_classes is None else training.positive_int("num_classes", num_classes)
-        self.base_lr = training.positive_float("base_lr", base_lr)
+        self.base_lr = None if base_lr is None else training.positive_float("base_lr", base_lr)
         self.rule = rule
         self.freeze = freeze
         self.steps = None if steps is None else training.positive_int("steps", steps)
@@ -246,7 +248,7 @@ class BiTFineTuner:
         fingerprint = {
             "dataset_size": self.dataset_size,
             "resolution": list(rule.resolution),
-            "base_lr": self.base_lr,
+            "peak_lr": rule.peak_lr,
             "flip": rule.flip,
             "random_crop": rule.random_crop,
         }

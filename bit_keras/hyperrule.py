@@ -136,8 +136,17 @@ def scaled(steps, total_steps):
     )
 
 
-def learning_rate(dataset_size, batch_size=REFERENCE_BATCH_SIZE, base_lr=BASE_LR, steps_per_update=1, total_steps=None):
-    """The HyperRule learning-rate schedule; the LR scales linearly with batch size.
+def peak_lr(batch_size=REFERENCE_BATCH_SIZE, base_lr=None):
+    """The peak LR: `base_lr` as given, like the official `--base_lr`; by default the rule's 0.003 at batch 512, scaled.
+
+    >>> peak_lr(128), peak_lr(128, base_lr=0.001)
+    (0.00075, 0.001)
+    """
+    return BASE_LR * batch_size / REFERENCE_BATCH_SIZE if base_lr is None else base_lr
+
+
+def learning_rate(dataset_size, batch_size=REFERENCE_BATCH_SIZE, base_lr=None, steps_per_update=1, total_steps=None):
+    """The HyperRule learning-rate schedule, peaking at `peak_lr(batch_size, base_lr)`.
 
     >>> round(float(learning_rate(50_000, batch_size=128)(500)), 8)
     0.00075
@@ -145,8 +154,9 @@ def learning_rate(dataset_size, batch_size=REFERENCE_BATCH_SIZE, base_lr=BASE_LR
     steps = schedule(dataset_size)
     if total_steps is not None:
         steps = scaled(steps, total_steps)
-    peak_lr = base_lr * batch_size / REFERENCE_BATCH_SIZE
-    return HyperRuleLearningRate(peak_lr, steps.warmup_steps, steps.boundaries, steps.total_steps, steps_per_update)
+    return HyperRuleLearningRate(
+        peak_lr(batch_size, base_lr), steps.warmup_steps, steps.boundaries, steps.total_steps, steps_per_update
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,8 +167,10 @@ class HyperRule:
     >>> rule.resize, rule.crop, rule.total_steps, rule.mixup_alpha
     (160, 128, 10000, 0.1)
 
-    `steps` and `sizes` (resize, crop) override the rule for quick runs; the
-    table says so. `flip` and `random_crop` (both on, as in the official
+    `base_lr=None` is the rule's LR, 0.003 at batch 512 scaled linearly with
+    `batch_size`; a number is the peak LR used as given at any batch, as the
+    official `--base_lr` is. `steps` and `sizes` (resize, crop) override the
+    rule for quick runs; the table says so. `flip` and `random_crop` (both on, as in the official
     code) can be turned off where they would change the label (digits,
     text, orientation), as the paper does.
     """
@@ -166,7 +178,7 @@ class HyperRule:
     dataset_size: int
     image_size: tuple
     batch_size: int = REFERENCE_BATCH_SIZE
-    base_lr: float = BASE_LR
+    base_lr: float = None
     rule: str = "paper"
     steps: int = None
     sizes: tuple = None
@@ -208,7 +220,7 @@ class HyperRule:
 
     @property
     def peak_lr(self):
-        return self.base_lr * self.batch_size / REFERENCE_BATCH_SIZE
+        return peak_lr(self.batch_size, self.base_lr)
 
     def learning_rate(self, steps_per_update=1):
         """The LR schedule; `steps_per_update` is the gradient-accumulation count."""
@@ -222,7 +234,9 @@ class HyperRule:
             ("flips", "random left-right" if self.flip else "off"),
             ("steps", f"{self.total_steps:,} at batch {self.batch_size}" + (" (overridden)" if self.steps else "")),
             ("warm-up", f"{self.warmup_steps:,} steps, linear from 0"),
-            ("learning rate", f"{self.peak_lr:g}, x0.1 after steps {', '.join(f'{b:,}' for b in self.boundaries)}"),
+            ("learning rate", f"{self.peak_lr:g} "
+             + (f"(0.003 x {self.batch_size}/512)" if self.base_lr is None else "(base_lr, as given)")
+             + f", x0.1 after steps {', '.join(f'{b:,}' for b in self.boundaries)}"),
             ("mixup", f"alpha {self.mixup_alpha:g}" if self.mixup_alpha else "off"),
         ]
         width = max(len(name) for name, _ in rows)

@@ -15,7 +15,7 @@ import keras
 from bit_keras import data, hyperrule, training
 
 UPSTREAM_BATCH_SIZE = 4096
-BASE_LR = 0.03  # at batch 256, scaled linearly with the batch
+BASE_LR = 0.03  # at batch 256, scaled linearly with the batch when no base_lr is given
 WEIGHT_DECAY = 1e-4
 EPOCHS = 90
 DECAY_EPOCHS = (30, 60, 80)
@@ -39,6 +39,7 @@ class UpstreamSchedule:
     boundaries: tuple
     peak_lr: float
     weight_decay: float
+    lr_given: bool = False  # base_lr was given (the peak as is), not the recipe's scaled default
 
     def learning_rate(self):
         return hyperrule.HyperRuleLearningRate(self.peak_lr, self.warmup_steps, self.boundaries, self.total_steps)
@@ -49,15 +50,20 @@ class UpstreamSchedule:
             ("dataset", f"{self.dataset_size:,} examples"),
             ("steps", f"{self.total_steps:,} at batch {self.batch_size} ({epochs:.1f} epochs)"),
             ("warm-up", f"{self.warmup_steps:,} steps, linear from 0"),
-            ("learning rate", f"{self.peak_lr:g}, x0.1 after steps {', '.join(f'{b:,}' for b in self.boundaries)}"),
+            ("learning rate", f"{self.peak_lr:g} "
+             + ("(base_lr, as given)" if self.lr_given else f"(0.03 x {self.batch_size}/256)")
+             + ", x0.1 after steps {', '.join(f'{b:,}' for b in self.boundaries)}"),
             ("weight decay", f"{self.weight_decay:g}"),
         ]
         width = max(len(name) for name, _ in rows)
         return "BiT upstream recipe\n" + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
 
 
-def upstream_schedule(dataset_size, batch_size=UPSTREAM_BATCH_SIZE, base_lr=BASE_LR, weight_decay=WEIGHT_DECAY, epochs=EPOCHS, steps=None):
+def upstream_schedule(dataset_size, batch_size=UPSTREAM_BATCH_SIZE, base_lr=None, weight_decay=WEIGHT_DECAY, epochs=EPOCHS, steps=None):
     """The upstream schedule for `epochs` (or exactly `steps`) over `dataset_size` examples.
+
+    `base_lr=None` is the recipe's 0.03 x batch / 256; a number is the peak LR
+    used as given, as the fine-tuner's `base_lr` is.
 
     >>> upstream_schedule(900, batch_size=64, epochs=9).boundaries
     (42, 85, 113)
@@ -69,10 +75,12 @@ def upstream_schedule(dataset_size, batch_size=UPSTREAM_BATCH_SIZE, base_lr=BASE
     steps = training.positive_int("steps", steps)
     boundaries = tuple(round(steps * epoch / EPOCHS) for epoch in DECAY_EPOCHS)
     warmup = min(WARMUP_STEPS, round(steps * WARMUP_STEPS / ILSVRC_STEPS))
-    peak_lr = training.positive_float("base_lr", base_lr) * batch_size / 256
+    peak_lr = BASE_LR * batch_size / 256 if base_lr is None else training.positive_float("base_lr", base_lr)
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
-    return UpstreamSchedule(dataset_size, batch_size, steps, warmup, boundaries, peak_lr, float(weight_decay))
+    return UpstreamSchedule(
+        dataset_size, batch_size, steps, warmup, boundaries, peak_lr, float(weight_decay), base_lr is not None
+    )
 
 
 class BiTPretrainer:
@@ -88,8 +96,9 @@ class BiTPretrainer:
         model_or_variant: a `bit_keras.BiT` model, or a variant name /
             `bit_keras.Variant` built with fresh weights.
         num_classes: upstream classes; read from the data when None.
-        batch_size, base_lr, weight_decay: the recipe's 4096, 0.03 (per 256
-            examples) and 1e-4.
+        batch_size, weight_decay: the recipe's 4096 and 1e-4.
+        base_lr: None (the recipe's 0.03 x batch / 256: 0.48 at 4096), or
+            the peak LR used as given at any batch.
         epochs: the run's length (90 in the recipe); decays scale with it.
         steps: the run's length in updates, instead of `epochs`.
         image_size: side of the training crops (224 in the recipe).
@@ -125,7 +134,7 @@ class BiTPretrainer:
         *,
         num_classes=None,
         batch_size=UPSTREAM_BATCH_SIZE,
-        base_lr=BASE_LR,
+        base_lr=None,
         weight_decay=WEIGHT_DECAY,
         epochs=EPOCHS,
         steps=None,
