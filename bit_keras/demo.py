@@ -96,6 +96,7 @@ class Recipe:
     upstream_batch_size: int = 16
     upstream_peak_lr: float = 0.00625  # 0.1 x batch / 256, scaled as BiT-S/M scale 0.03
     upstream_crop_area: tuple = (0.5, 1.0)
+    upstream_loss: str = "sigmoid"  # the upstream recipe's
     image_size: int = 16  # upstream resolution, and the fine-tuning crop (the digits are 8x8)
     flip: bool = False
     finetune_batch_size: int = 32
@@ -116,7 +117,7 @@ class Recipe:
 
     def upstream(self):
         """What the cached upstream model depends on."""
-        keys = ("upstream_steps", "upstream_batch_size", "upstream_peak_lr", "upstream_crop_area", "image_size", "flip")
+        keys = ("upstream_steps", "upstream_batch_size", "upstream_peak_lr", "upstream_crop_area", "upstream_loss", "image_size", "flip")
         record = {"variant": VARIANT.name, **{key: getattr(self, key) for key in keys}}
         return json.loads(json.dumps(record))  # as upstream.json reads back: tuples become lists
 
@@ -175,6 +176,7 @@ def pretrain(source, recipe, out, force=False):
         image_size=recipe.image_size,
         crop_area=recipe.upstream_crop_area,
         flip=recipe.flip,
+        loss=recipe.upstream_loss,
         seed=0,
         jit_compile=False,  # XLA's compile time on a CPU does not repay itself in a 300-step run
     )

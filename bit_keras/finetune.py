@@ -121,8 +121,6 @@ class BiTFineTuner:
         flip=True,
         random_crop=True,
     ):
-        if freeze not in (None,) + FREEZE_POINTS:
-            raise ValueError(f"freeze must be None or one of {FREEZE_POINTS}, got {freeze!r}.")
         hyperrule.resolution((1, 1), rule)  # validates the rule name now, not at fit time
         self.engine = training.Engine(
             batch_size=batch_size,
@@ -147,6 +145,17 @@ class BiTFineTuner:
         self.random_crop = _flag("random_crop", random_crop)
         self.model = self._build(model_or_variant, mixed_precision, weights, zero_head)
         self._compiled_schedule = None
+
+    @property
+    def freeze(self):
+        """The depth frozen in this tuner's runs; settable between runs (see `restart`)."""
+        return self._freeze
+
+    @freeze.setter
+    def freeze(self, freeze):
+        if freeze not in (None,) + FREEZE_POINTS:
+            raise ValueError(f"freeze must be None or one of {FREEZE_POINTS}, got {freeze!r}.")
+        self._freeze = freeze
 
     @property
     def batch_size(self):
@@ -244,13 +253,16 @@ class BiTFineTuner:
         validation = None
         if validation_data is not None:
             validation = data.eval_pipeline(self._source(validation_data), crop=rule.crop, batch_size=self.engine.micro_batch)
+        self._apply_freeze(self.model)
         self._compile()
         fingerprint = {
             "dataset_size": self.dataset_size,
             "resolution": list(rule.resolution),
-            "peak_lr": rule.peak_lr,
+            "base_lr": self.base_lr,
             "flip": rule.flip,
             "random_crop": rule.random_crop,
+            "freeze": self.freeze,
+            "rule": self.rule,
         }
         return self.engine.fit(
             self.model,
@@ -273,6 +285,8 @@ class BiTFineTuner:
         the constructor (None: a new one). A dataset size or image size that
         was read from the previous run's data is read again from the next
         run's. Not with `checkpoint_dir`, whose backups belong to one run.
+        `freeze` is a setting of each run: set `tuner.freeze` before a
+        restart to freeze another depth, or None to train everything again.
 
         Example:
 
@@ -361,24 +375,24 @@ class BiTFineTuner:
             variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
 
     def _apply_freeze(self, model):
-        if self.freeze is None:
-            return
-        frozen_stages = FREEZE_POINTS[: FREEZE_POINTS.index(self.freeze) + 1]
+        """Makes exactly the layers before `freeze` untrainable, and every other layer trainable again."""
+        frozen_stages = () if self.freeze is None else FREEZE_POINTS[: FREEZE_POINTS.index(self.freeze) + 1]
         for layer in model.layers:
             stage = "root" if layer.name.startswith("root") else layer.name.split("_")[0]
             if self.freeze == "head_only":
                 layer.trainable = layer.name == "head"
-            elif stage in frozen_stages:
-                layer.trainable = False
+            else:
+                layer.trainable = stage not in frozen_stages
 
     def _compile(self):
         # The compiled step depends on the data only through the LR schedule:
         # a run whose schedule is unchanged (see `restart`) keeps the traced step.
         schedule = self.learning_rate
-        if schedule.get_config() == self._compiled_schedule:
+        compiled = (schedule.get_config(), self.freeze)  # trainability changes the compiled step too
+        if compiled == self._compiled_schedule:
             return
         self.engine.compile(self.model, self.engine.optimizer(schedule), schedule.total_steps)
-        self._compiled_schedule = schedule.get_config()
+        self._compiled_schedule = compiled
 
     def _source(self, train):
         return data.as_source(train, self.num_classes, self.dataset_size)

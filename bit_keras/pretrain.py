@@ -2,7 +2,9 @@
 
 The recipe (paper section 3.1): SGD with momentum 0.9, LR 0.03 * batch / 256 at
 batch 4096, weight decay 1e-4, linear warm-up over 5000 steps, x0.1 at epochs
-30, 60 and 80 of 90; Inception-style random crops and flips at 224 px.
+30, 60 and 80 of 90; Inception-style random crops and flips at 224 px; a
+sigmoid cross-entropy loss (the BiT authors, big_transfer issue 26: ImageNet-21k
+images can carry several labels).
 `epochs=` and `steps=` shorten a run with its decays in proportion; the
 warm-up keeps its share of the ILSVRC-2012 run (5000 of its 28,150 steps),
 up to 5000 steps.
@@ -107,6 +109,8 @@ class BiTPretrainer:
             8x8 px) keep more of themselves with e.g. (0.5, 1.0).
         flip: random left-right flips (True, as the recipe); turn off for
             data whose mirror image changes the label (digits, text).
+        loss: "sigmoid" (the recipe's: one binary cross-entropy per class,
+            summed) or "softmax" (categorical cross-entropy).
         jit_compile: "auto" compiles the training step with XLA for
             TensorFlow runs of at least 100 updates on one device (see
             `training.Engine.xla`); True or False to choose.
@@ -141,6 +145,7 @@ class BiTPretrainer:
         image_size=224,
         crop_area=(0.08, 1.0),
         flip=True,
+        loss="sigmoid",
         batch_split=1,
         strategy=None,
         tpu=None,
@@ -167,6 +172,8 @@ class BiTPretrainer:
         if not isinstance(flip, bool):
             raise ValueError(f"flip must be True or False, got {flip!r}.")
         self.flip = flip
+        training.loss_function(loss)  # validates the name now, not at fit time
+        self.loss = loss
         self.num_classes = None if num_classes is None else training.positive_int("num_classes", num_classes)
         self.mixed_precision = mixed_precision
         self._variant = None
@@ -193,10 +200,12 @@ class BiTPretrainer:
             raise ValueError(f"The data has {source.num_classes} classes but the model's head has {classes}.")
         schedule = self.schedule(source.num_examples)
         print(schedule)
+        print(f"  {'loss':<13}  {self.loss} cross-entropy")
         self.engine.compile(
             self.model,
             self.engine.optimizer(schedule.learning_rate(), schedule.weight_decay),
             schedule.total_steps,
+            self.loss,
         )
 
         def make_train(start_batch):
@@ -222,6 +231,8 @@ class BiTPretrainer:
             "base_lr": self.base_lr,
             "crop_area": list(self.crop_area),
             "flip": self.flip,
+            "loss": self.loss,
+            "weight_decay": self.weight_decay,
         }
         return self.engine.fit(
             self.model,

@@ -30,6 +30,7 @@ import numpy as np
 
 from bit_keras import distribute, layers
 
+LOSSES = ("softmax", "sigmoid")
 BACKUP_FOLDER = "backup"
 BEST_MODEL = "best.keras"
 EVALUATIONS_PER_RUN = 10  # "epochs" of a run: progress bars, validation and backups
@@ -37,6 +38,38 @@ NAN_CHECK_EVERY = 10  # steps between reads of the loss; every read waits for th
 XLA_MIN_UPDATES = 100  # shorter runs do not repay XLA's compile time (tens of seconds on a CPU)
 _STATE = "state.json"
 _WEIGHTS = "state.weights.h5"
+
+
+@keras.saving.register_keras_serializable(package="bit_keras")
+class SigmoidCrossEntropy(keras.losses.Loss):
+    """Sigmoid cross-entropy from logits, summed over the classes: BiT's upstream loss.
+
+    Each class is its own binary problem, so an image may carry several
+    labels (ImageNet-21k's do). Summed, not averaged, over the classes, as the
+    BiT code sums it: an average over 21,843 classes would shrink the
+    gradient, and so the effective learning rate, 21,843-fold.
+
+    >>> import numpy as np
+    >>> float(SigmoidCrossEntropy()(np.eye(2, dtype="float32"), np.zeros((2, 2), "float32")))  # 2 x log(2)
+    1.3862943649291992
+    """
+
+    def __init__(self, name="sigmoid_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        y_true = keras.ops.cast(y_true, y_pred.dtype)
+        per_class = keras.ops.binary_crossentropy(y_true, y_pred, from_logits=True)
+        return keras.ops.sum(per_class, axis=-1)
+
+
+def loss_function(loss):
+    """The Keras loss of a trainer's `loss=` name: "softmax" (fine-tuning) or "sigmoid" (BiT upstream)."""
+    if loss == "softmax":
+        return keras.losses.CategoricalCrossentropy(from_logits=True)
+    if loss == "sigmoid":
+        return SigmoidCrossEntropy()
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
 
 
 def positive_int(name, value):
@@ -239,8 +272,11 @@ class Engine:
             return True
         return "auto"
 
-    def compile(self, model, optimizer, total_steps):
+    def compile(self, model, optimizer, total_steps, loss="softmax"):
         """Compiles `model` for soft-label (mixup) classification from logits, with every object made under the strategy.
+
+        `loss` is "softmax" (categorical cross-entropy) or "sigmoid" (see
+        `SigmoidCrossEntropy`).
 
         Runs shorter than `XLA_MIN_UPDATES`, and runs with `jit_compile=False`,
         then trace their steps (training, `evaluate`, `predict`) under
@@ -250,7 +286,7 @@ class Engine:
         with self.scope():
             model.compile(
                 optimizer=optimizer,
-                loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                loss=loss_function(loss),
                 metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
                 jit_compile=self.xla(total_steps),
             )
@@ -284,7 +320,12 @@ class Engine:
         epoch_steps = self._epoch_steps(total_steps)
         epochs = total_steps // epoch_steps
         monitor = "val_accuracy" if validation is not None else "loss"
-        fingerprint = {"batch_size": self.batch_size, "total_steps": total_steps, **(fingerprint or {})}
+        fingerprint = {
+            "batch_size": self.batch_size,
+            "batch_split": self.batch_split,
+            "total_steps": total_steps,
+            **(fingerprint or {}),
+        }
         backups = Backups(os.path.join(self.checkpoint_dir, BACKUP_FOLDER)) if self.checkpoint_dir else None
         start, best = 0, None
         if backups is not None:

@@ -287,6 +287,47 @@ def test_freeze_from_a_chosen_depth(freeze):
     )
 
 
+def test_freeze_is_a_setting_of_each_run_not_a_one_way_change():
+    images, labels = colour_task(32)
+    first = tuner_for(freeze="block4", steps=2, base_lr=0.009375)
+    first.fit((images, labels), verbose=0)
+    start = first.model.get_weights()
+
+    def changed_stages(tuner):
+        before = {layer.name: layer.get_weights() for layer in tuner.model.layers if layer.weights}
+        tuner.fit((images, labels), verbose=0)
+        return {
+            stage_of(layer.name)
+            for layer in tuner.model.layers
+            if layer.weights and any(not np.array_equal(a, b) for a, b in zip(before[layer.name], layer.get_weights()))
+        }
+
+    second = BiTFineTuner(first.model, batch_size=16, steps=2, sizes=(40, 32), seed=0, base_lr=0.009375)  # freeze=None
+    assert all(layer.trainable for layer in second.model.layers)
+    assert {"root", "block1", "block4"} <= changed_stages(second)
+    second.freeze = "block2"
+    second.restart(start, seed=0)
+    changed = changed_stages(second)
+    assert not changed & {"root", "block1", "block2"} and "block3" in changed
+    second.freeze = None
+    second.restart(start, seed=0)
+    assert "root" in changed_stages(second)
+    with pytest.raises(ValueError, match="freeze must be"):
+        second.freeze = "block5"
+
+
+def test_a_resume_refuses_every_changed_argument(tmp_path):
+    images, labels = colour_task(16)
+    settings = dict(checkpoint_dir=str(tmp_path), steps=2, backup_every=1, base_lr=0.009375)
+    tuner_for(**settings).fit((images, labels), verbose=0)
+    changes = {"base_lr": 0.01, "freeze": "block1", "flip": False, "random_crop": False, "batch_split": 2, "rule": "official"}
+    for name, value in changes.items():
+        with pytest.raises(ValueError, match=f"another run: {name}="):
+            tuner_for(**{**settings, name: value}).fit((images, labels), verbose=0)
+    with pytest.warns(UserWarning, match="holds a finished run"):  # the same arguments: nothing to resume
+        tuner_for(**settings).fit((images, labels), verbose=0)
+
+
 def test_bad_arguments_are_refused():
     model = bit_keras.BiT(TINY, num_classes=2)
     with pytest.raises(ValueError, match="num_classes=3"):

@@ -84,3 +84,24 @@ def test_under_a_mirrored_strategy_on_two_cpus_it_matches_one_device(tmp_path):
     finish(one)
     assert "replicas 2" in finish(two)
     assert_same_training(weights(tmp_path / "two.npz"), weights(tmp_path / "one.npz"))
+
+
+def test_a_resume_refuses_changed_recipe_arguments(tmp_path):
+    images, labels = colour_task(16)
+    settings = dict(num_classes=2, batch_size=8, steps=2, image_size=32, seed=1, backup_every=1, checkpoint_dir=str(tmp_path))
+    bit_keras.BiTPretrainer(TINY, **settings).fit((images, labels), verbose=0)
+    for name, value in {"weight_decay": 0.0, "loss": "softmax", "flip": False, "base_lr": 0.1}.items():
+        with pytest.raises(ValueError, match=f"another run: {name}="):
+            bit_keras.BiTPretrainer(TINY, **settings, **{name: value}).fit((images, labels), verbose=0)
+
+
+def test_upstream_loss_is_sigmoid_cross_entropy_summed_over_classes():
+    pretrainer = bit_keras.BiTPretrainer(TINY, num_classes=3, batch_size=8, steps=1, image_size=32)
+    assert pretrainer.loss == "sigmoid"
+    logits = np.array([[2.0, -1.0, 0.5]], "float32")
+    labels = np.array([[0.0, 1.0, 1.0]], "float32")
+    expected = np.sum(np.log1p(np.exp(-logits)) * labels + np.log1p(np.exp(logits)) * (1 - labels))
+    got = float(keras.ops.convert_to_numpy(bit_keras.training.loss_function("sigmoid")(labels, logits)))
+    assert got == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        bit_keras.BiTPretrainer(TINY, loss="hinge")
