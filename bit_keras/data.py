@@ -476,9 +476,11 @@ def upstream_pipeline(
 ):
     """The BiT-S/M pre-training pipeline: Inception-style crop, flip, [-1, 1].
 
-    A random crop of 8%-100% of the image area (`crop_area`) with aspect
-    ratio in [3/4, 4/3] is resized to `(image_size, image_size)` (keras-cv's `RandomCropAndResize`
-    crops; the box is drawn from the example's seed), flipped left-right with
+    A random crop of 8%-100% of the image area (`crop_area`) with an aspect
+    ratio in [3/4, 4/3] in pixels (the standard Inception crop, drawn by
+    `tf.image.stateless_sample_distorted_bounding_box` from the example's
+    seed: up to 10 attempts, else the whole image) is resized to
+    `(image_size, image_size)` by keras-cv's `RandomCropAndResize`, flipped left-right with
     probability 1/2 (unless `flip=False`, for data whose mirror image
     changes the label), and scaled to [-1, 1]. Batches have exactly `batch_size`
     examples and one-hot labels. The stream depends on `seed` and the position
@@ -506,7 +508,7 @@ def upstream_pipeline(
     def augment(example, example_seed):
         image, label = example
         box_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(example_seed, 2))
-        image = crop_and_resize.augment_image(tf.cast(image, tf.float32), _inception_box(box_seed, low, high))
+        image = crop_and_resize.augment_image(tf.cast(image, tf.float32), _inception_box(image, box_seed, low, high))
         if flip:
             image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
         return _scale(image), label, example_seed
@@ -526,15 +528,27 @@ def _check_crop_area(crop_area):
     return low, high
 
 
-def _inception_box(seed, low_area=0.08, high_area=1.0):
-    """[[y1, x1, y2, x2]]: a share of the area in [low_area, high_area], aspect ratio in [3/4, 4/3], as keras-cv draws it."""
-    area, aspect, y, x = tf.unstack(tf.random.stateless_uniform((4,), seed=seed))
-    area = low_area + (high_area - low_area) * area
-    aspect = 3 / 4 + (4 / 3 - 3 / 4) * aspect
-    height = tf.clip_by_value(tf.sqrt(area / aspect), 0.0, 1.0)
-    width = tf.clip_by_value(tf.sqrt(area * aspect), 0.0, 1.0)
-    y1, x1 = y * (1.0 - height), x * (1.0 - width)
-    return [[y1, x1, y1 + height, x1 + width]]
+def _inception_box(image, seed, low_area=0.08, high_area=1.0):
+    """[[y1, x1, y2, x2]], normalised: the standard Inception crop of `image`, drawn from `seed`.
+
+    As `tf.image.stateless_sample_distorted_bounding_box` draws it: a share
+    of the area in [low_area, high_area] and an aspect ratio in [3/4, 4/3] in
+    pixels, up to 10 attempts, else the whole image.
+    """
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.zeros((1, 0, 4)),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(low_area, high_area),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    extent = tf.cast(tf.shape(image)[:2], tf.float32)
+    start = tf.cast(begin[:2], tf.float32) / extent
+    end = tf.cast(begin[:2] + size[:2], tf.float32) / extent
+    return [[start[0], start[1], end[0], end[1]]]
 
 
 def _to_rgb(image):

@@ -467,3 +467,17 @@ def test_upstream_crop_area_bounds_the_crop():
     assert np.std(white_share(small)) > 0.05  # a small crop is mostly white or mostly black
     with pytest.raises(ValueError, match="crop_area must satisfy 0 < low <= high <= 1"):
         data.upstream_pipeline(source, image_size=20, batch_size=1, crop_area=(0.5, 1.5))
+
+
+@pytest.mark.parametrize("shape", [(30, 90, 3), (120, 40, 3), (64, 64, 3)])
+def test_inception_box_is_drawn_in_pixels(shape):
+    """Aspect ratio 3/4-4/3 of the crop in pixels, whatever the image's shape; area 8-100%."""
+    image = tf.zeros(shape, tf.uint8)
+    height, width = shape[:2]
+    for index in range(200):
+        ((y1, x1, y2, x2),) = np.asarray(data._inception_box(image, tf.constant([7, index], tf.int64)))
+        box_height, box_width = (y2 - y1) * height, (x2 - x1) * width
+        whole = (y1, x1, y2, x2) == (0, 0, 1, 1)
+        assert whole or 3 / 4 - 0.05 <= box_width / box_height <= 4 / 3 + 0.05, (box_height, box_width)
+        assert whole or 0.08 - 0.02 <= box_height * box_width / (height * width) <= 1.0
+        assert 0 <= y1 < y2 <= 1 and 0 <= x1 < x2 <= 1
