@@ -134,7 +134,7 @@ def add_training_flags(parser):
     """Flags of the training engine; the examples/ scripts take them too."""
     parser.add_argument("--batch_split", type=int, default=1, help="accumulate gradients over this many micro-batches")
     parser.add_argument("--mixed_precision", choices=MIXED_PRECISION, help="train in bfloat16 (TPU, recent GPUs) or float16")
-    parser.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy; the trainer's default ('auto') when unset")
+    parser.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy; when unset, one device, or the TPU that --tpu names")
     parser.add_argument("--tpu", help="TPU name or address for --strategy tpu (empty on a TPU VM)")
     parser.add_argument("--checkpoint_dir", help="back up here to resume after an interruption; keeps the best model")
 

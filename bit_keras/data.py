@@ -17,6 +17,8 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from bit_keras import arguments
+
 # First bytes of the formats `tf.io.decode_image` reads: JPEG (any APPn,
 # including phone-camera MPO), PNG, GIF and BMP.
 _IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
@@ -261,6 +263,14 @@ def as_source(data, num_classes=None, dataset_size=None):
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return from_arrays(np.asarray(data[0]), np.asarray(data[1]), num_classes=num_classes)
     if isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        if isinstance(spec, dict) and {"image", "label"} <= set(spec):
+            data = data.map(lambda example: (example["image"], example["label"]))  # as TFDS yields them
+        elif not (isinstance(spec, tuple) and len(spec) == 2):
+            raise ValueError(
+                f"A tf.data.Dataset for training must yield (image, label) pairs or {{'image', 'label'}} dicts, one "
+                f"example at a time (unbatched); this one yields {spec}. Map it to (image, label) first."
+            )
         if dataset_size is None or num_classes is None:
             raise ValueError(
                 "A tf.data.Dataset does not say how many examples and classes it has: pass dataset_size= and "
@@ -270,6 +280,21 @@ def as_source(data, num_classes=None, dataset_size=None):
     raise TypeError(
         f"Training data must be a bit_keras.data.Source, (images, labels) arrays or a tf.data.Dataset "
         f"of (image, label) pairs; got {type(data).__name__}."
+    )
+
+
+def first_example(source):
+    """The first (image, label) of `source`, or a clear error when it yields none.
+
+    Training streams repeat their source forever: an empty one (a folder whose
+    files look like images but none decodes) would spin without end.
+    """
+    for example in source.dataset.take(1):
+        return example
+    raise ValueError(
+        f"The training data yields no example, though {source.num_examples} were counted: none decodes. For a folder, "
+        f"its files have image headers but are truncated, corrupt or in a variant TensorFlow cannot read; "
+        f"TF_CPP_MIN_LOG_LEVEL=0 shows TensorFlow's message for each. Replace or remove them."
     )
 
 
@@ -655,8 +680,7 @@ def _class_name(source, class_id):
 
 def _check_positive(**sizes):
     for name, value in sizes.items():
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        arguments.positive_int(name, value)
 
 
 def _check_one_batch(source, batch_size, repeat):

@@ -5,7 +5,7 @@ import warnings
 import keras
 import numpy as np
 
-from bit_keras import checkpoints, data, hyperrule, training
+from bit_keras import arguments, checkpoints, data, hyperrule, training
 from bit_keras.resnet import get_variant, variants
 
 FREEZE_POINTS = ("root", "block1", "block2", "block3", "block4", "head_only")
@@ -56,9 +56,10 @@ class BiTFineTuner:
         rule: "paper" (448 -> 384 px for large images) or "official" (512 -> 480).
         strategy: where to train: "auto", "tpu", "mirrored", "multi_worker",
             "default" or a `tf.distribute.Strategy` (see
-            `bit_keras.distribute.resolve_strategy`). `batch_size` stays the
-            global batch, split over the replicas; the LR does not change.
-        tpu: the TPU's name or grpc:// address, for strategy="tpu".
+            `bit_keras.distribute.resolve_strategy`); None is one device, or
+            the TPU that `tpu` names. `batch_size` stays the global batch,
+            split over the replicas; the LR does not change.
+        tpu: the TPU's name or grpc:// address; implies strategy="tpu".
         mixed_precision: None, "mixed_bfloat16" or "mixed_float16"; needs a
             variant name, since an existing model keeps its dtype policy.
         checkpoint_dir: where to back up training (a restart with the same
@@ -135,14 +136,14 @@ class BiTFineTuner:
         self.dataset_size = None if dataset_size is None else hyperrule.check_dataset_size(dataset_size)
         self.image_size = image_size
         self._given_sizes = (self.dataset_size, self.image_size)  # the rest is read from each run's data
-        self.num_classes = None if num_classes is None else training.positive_int("num_classes", num_classes)
-        self.base_lr = None if base_lr is None else training.positive_float("base_lr", base_lr)
+        self.num_classes = None if num_classes is None else arguments.positive_int("num_classes", num_classes)
+        self.base_lr = None if base_lr is None else arguments.positive_float("base_lr", base_lr)
         self.rule = rule
         self.freeze = freeze
-        self.steps = None if steps is None else training.positive_int("steps", steps)
-        self.sizes = sizes
-        self.flip = _flag("flip", flip)
-        self.random_crop = _flag("random_crop", random_crop)
+        self.steps = None if steps is None else arguments.positive_int("steps", steps)
+        self.sizes = None if sizes is None else arguments.sizes(sizes)
+        self.flip = arguments.flag("flip", flip)
+        self.random_crop = arguments.flag("random_crop", random_crop)
         self.model = self._build(model_or_variant, mixed_precision, weights, zero_head)
         self._compiled_schedule = None
 
@@ -402,12 +403,6 @@ class BiTFineTuner:
             raise ValueError(f"The data has {source.num_classes} classes but the model's head has {self.num_classes}.")
         if self.dataset_size is None:
             self.dataset_size = source.num_examples
+        image, _ = data.first_example(source)
         if self.image_size is None:
-            image, _ = next(iter(source.dataset.take(1)))
             self.image_size = tuple(int(d) for d in image.shape[:2])
-
-
-def _flag(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False, got {value!r}.")
-    return bool(value)

@@ -8,10 +8,11 @@ warm-up, the learning-rate decays and mixup follow from the dataset size.
 """
 
 import dataclasses
-import numbers
 
 import keras
 from keras import ops
+
+from bit_keras import arguments
 
 REFERENCE_BATCH_SIZE = 512
 BASE_LR = 0.003
@@ -73,12 +74,8 @@ def mixup_alpha(dataset_size):
 
 
 def check_dataset_size(dataset_size):
-    """`dataset_size` as an int: a positive integer of any kind (NumPy's too), never a float or bool."""
-    if isinstance(dataset_size, bool) or not isinstance(dataset_size, numbers.Integral) or dataset_size < 1:
-        raise ValueError(
-            f"dataset_size must be a positive integer (the number of training examples), got {dataset_size!r}."
-        )
-    return int(dataset_size)
+    """`dataset_size` (the number of training examples) as an int: a positive integer of any kind, never a float or bool."""
+    return arguments.positive_int("dataset_size", dataset_size)
 
 
 @keras.saving.register_keras_serializable(package="bit_keras")

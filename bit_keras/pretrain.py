@@ -14,7 +14,7 @@ import dataclasses
 
 import keras
 
-from bit_keras import data, hyperrule, training
+from bit_keras import arguments, data, hyperrule, training
 
 UPSTREAM_BATCH_SIZE = 4096
 BASE_LR = 0.03  # at batch 256, scaled linearly with the batch when no base_lr is given
@@ -71,13 +71,13 @@ def upstream_schedule(dataset_size, batch_size=UPSTREAM_BATCH_SIZE, base_lr=None
     (42, 85, 113)
     """
     dataset_size = hyperrule.check_dataset_size(dataset_size)
-    batch_size = training.positive_int("batch_size", batch_size)
+    batch_size = arguments.positive_int("batch_size", batch_size)
     if steps is None:
-        steps = max(1, round(training.positive_float("epochs", epochs) * dataset_size / batch_size))
-    steps = training.positive_int("steps", steps)
+        steps = max(1, round(arguments.positive_float("epochs", epochs) * dataset_size / batch_size))
+    steps = arguments.positive_int("steps", steps)
     boundaries = tuple(round(steps * epoch / EPOCHS) for epoch in DECAY_EPOCHS)
     warmup = min(WARMUP_STEPS, round(steps * WARMUP_STEPS / ILSVRC_STEPS))
-    peak_lr = BASE_LR * batch_size / 256 if base_lr is None else training.positive_float("base_lr", base_lr)
+    peak_lr = BASE_LR * batch_size / 256 if base_lr is None else arguments.positive_float("base_lr", base_lr)
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
     return UpstreamSchedule(
@@ -167,14 +167,14 @@ class BiTPretrainer:
         )
         upstream_schedule(1, batch_size, base_lr, weight_decay, epochs, steps)  # validates the recipe's numbers now
         self.base_lr, self.weight_decay, self.epochs, self.steps = base_lr, weight_decay, epochs, steps
-        self.image_size = training.positive_int("image_size", image_size)
+        self.image_size = arguments.positive_int("image_size", image_size)
         self.crop_area = data._check_crop_area(crop_area)
         if not isinstance(flip, bool):
             raise ValueError(f"flip must be True or False, got {flip!r}.")
         self.flip = flip
         training.loss_function(loss)  # validates the name now, not at fit time
         self.loss = loss
-        self.num_classes = None if num_classes is None else training.positive_int("num_classes", num_classes)
+        self.num_classes = None if num_classes is None else arguments.positive_int("num_classes", num_classes)
         self.mixed_precision = mixed_precision
         self._variant = None
         self.model = None
@@ -192,6 +192,7 @@ class BiTPretrainer:
     def fit(self, train, validation_data=None, callbacks=None, verbose="auto"):
         """Pre-trains on `train` (a `data.Source` or (images, labels) arrays in [0, 255]); returns the `History`."""
         source = data.as_source(train, self.num_classes)
+        data.first_example(source)
         if self.model is None:
             self.num_classes = source.num_classes
             self._build()

@@ -76,7 +76,7 @@ def load(dataset, *, data_dir=None, examples_per_class=None, seed=0):
         raise ValueError(f"{dataset} is not a folder. Pass an existing folder of images, or a TFDS dataset name.")
     else:
         task = _from_tfds(dataset, data_dir)
-    if examples_per_class:
+    if examples_per_class is not None:
         task.train = data.few_shot(task.train, examples_per_class, seed=seed)
     return task
 
@@ -107,19 +107,47 @@ def _declared_splits(name, data_dir):
 
 
 def _from_folder(path):
-    subfolders = {entry.name for entry in os.scandir(path) if entry.is_dir()}
+    subfolders = {entry.name for entry in os.scandir(path) if entry.is_dir() and not entry.name.startswith(".")}
+    split_names = subfolders & {"train", "test", *_VALIDATION_FOLDERS}
+    if split_names and not {"train", "test"} <= subfolders:
+        raise ValueError(
+            f"{path} has split folders {sorted(split_names)} but not both train/ and test/: as a folder of classes it "
+            f"would train on classes named {sorted(subfolders)}. Add the missing "
+            f"{' and '.join(name + '/' for name in ('train', 'test') if name not in subfolders)} (one sub-folder per class "
+            f"in each), or point --dataset at a folder of class folders."
+        )
     if "train" in subfolders and "test" in subfolders:
-        test = data.from_folder(os.path.join(path, "test"))
+        train_folder = os.path.join(path, "train")
+        test = _classes(os.path.join(path, "test"), like=train_folder)
         validation = next((name for name in _VALIDATION_FOLDERS if name in subfolders), None)
         if validation is not None:
             splits = ("train", validation, "test")
-            return Task(path, data.from_folder(os.path.join(path, "train")), data.from_folder(os.path.join(path, validation)), test, splits)
-        train, holdout = _hold_out(data.from_folder(os.path.join(path, "train")), os.path.join(path, "train"))
+            validation_source = _classes(os.path.join(path, validation), like=train_folder)
+            return Task(path, _classes(train_folder), validation_source, test, splits)
+        train, holdout = _hold_out(_classes(train_folder), train_folder)
         splits = (f"train {100 - HOLDOUT_PERCENT}%", f"train {HOLDOUT_PERCENT}% hold-out", "test")
         return Task(path, train, holdout, test, splits=splits)
-    train, holdout = _hold_out(data.from_folder(path), path)  # a fixed shuffled order: the hold-out mixes the classes
+    train, holdout = _hold_out(_classes(path), path)  # a fixed shuffled order: the hold-out mixes the classes
     splits = (f"{100 - HOLDOUT_PERCENT}%", f"{HOLDOUT_PERCENT}% hold-out", f"{HOLDOUT_PERCENT}% hold-out")
     return Task(path, train, holdout, holdout, splits=splits)
+
+
+def _classes(folder, like=None):
+    """`data.from_folder(folder)`, refused when it holds one class, or other classes than the folder `like`."""
+    source = data.from_folder(folder)
+    if like is not None:
+        expected = sorted(entry.name for entry in os.scandir(like) if entry.is_dir() and not entry.name.startswith("."))
+        if source.class_names != expected:
+            raise ValueError(
+                f"{folder} has the class folders {source.class_names}, {like} has {expected}: classes are matched by "
+                f"name, so both must hold the same class folders."
+            )
+    elif source.num_classes < 2:
+        raise ValueError(
+            f"{folder} holds one class folder ({source.class_names[0]}): a classifier needs at least two. "
+            f"Put the images of each class in a sub-folder of its own."
+        )
+    return source
 
 
 def _hold_out(source, path):

@@ -28,7 +28,7 @@ import warnings
 import keras
 import numpy as np
 
-from bit_keras import distribute, layers
+from bit_keras import arguments, distribute, layers
 
 LOSSES = ("softmax", "sigmoid")
 BACKUP_FOLDER = "backup"
@@ -72,22 +72,6 @@ def loss_function(loss):
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
 
 
-def positive_int(name, value):
-    """`value` as an int, or a ValueError naming `name` (integers of any kind; not floats or bools)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
-
-
-def positive_float(name, value):
-    """`value` as a float, or a ValueError naming `name`."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a positive number, got {value!r}.")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive, finite number, got {value!r}.")
-    return float(value)
-
-
 @keras.saving.register_keras_serializable(package="bit_keras")
 class AccumulatingSGD(keras.optimizers.Optimizer):
     """SGD with momentum and L2 weight decay, updating once per `accumulation_steps` micro-batches.
@@ -117,7 +101,7 @@ class AccumulatingSGD(keras.optimizers.Optimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.momentum = float(momentum)
         self.l2 = float(weight_decay)
-        self.accumulation_steps = positive_int("accumulation_steps", accumulation_steps)
+        self.accumulation_steps = arguments.positive_int("accumulation_steps", accumulation_steps)
 
     @property
     def iterations(self):
@@ -200,9 +184,9 @@ class Engine:
         if jit_compile not in ("auto", True, False):
             raise ValueError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}.")
         self.jit_compile = jit_compile
-        self.batch_size = positive_int("batch_size", batch_size)
-        self.batch_split = positive_int("batch_split", batch_split)
-        self.backup_every = None if backup_every is None else positive_int("backup_every", backup_every)
+        self.batch_size = arguments.positive_int("batch_size", batch_size)
+        self.batch_split = arguments.positive_int("batch_split", batch_split)
+        self.backup_every = None if backup_every is None else arguments.positive_int("backup_every", backup_every)
         self.strategy = distribute.resolve_strategy(strategy, tpu)
         self.replicas = distribute.num_replicas(self.strategy)
         if self.batch_size % (self.batch_split * self.replicas):
@@ -217,7 +201,7 @@ class Engine:
 
     def _set_seed(self, seed):
         self.seed_given = seed is not None
-        self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+        self.seed = arguments.non_negative_int("seed", seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
         keras.utils.set_random_seed(self.seed)
 
     @property
@@ -316,7 +300,7 @@ class Engine:
         from the newest backup whose `fingerprint` (the recipe's arguments)
         matches, and refuses one that does not.
         """
-        total_steps = positive_int("total_steps", total_steps)
+        total_steps = arguments.positive_int("total_steps", total_steps)
         epoch_steps = self._epoch_steps(total_steps)
         epochs = total_steps // epoch_steps
         monitor = "val_accuracy" if validation is not None else "loss"
@@ -454,6 +438,8 @@ class Backups:
             with open(os.path.join(path, _STATE)) as f:
                 record = json.load(f)
             step, seed, best, fingerprint = int(record["step"]), int(record["seed"]), record["best"], dict(record["fingerprint"])
+            if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
+                raise ValueError(f"'best' is {best!r}, not a number")
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise self._damaged(path, names, f"its record {_STATE} is missing or garbled ({error})") from None
         if not os.path.isfile(os.path.join(path, _WEIGHTS)):
