@@ -63,7 +63,7 @@ def build_parser():
     finetune_parser = commands.add_parser("finetune", help="fine-tune with the BiT-HyperRule on a TFDS dataset or an image folder")
     add_data_flags(finetune_parser)
     finetune_parser.add_argument("--examples_per_class", type=int, help="few-shot: train on k examples per class")
-    add_model_flags(finetune_parser, default_variant="BiT-M-R50x1", default_batch_size=512, default_base_lr=0.003)
+    add_model_flags(finetune_parser, default_variant="BiT-M-R50x1", default_batch_size=512, lr_rule="0.003 x batch/512")
     finetune_parser.add_argument("--steps", type=int, help="override the HyperRule's number of steps (quick runs)")
     finetune_parser.add_argument("--sizes", type=_sizes, help="override the HyperRule's resize,crop (quick runs), e.g. 40,32")
     finetune_parser.add_argument(
@@ -84,10 +84,10 @@ def build_parser():
         pretrain_parser,
         default_variant="BiT-S-R50x1",
         default_batch_size=4096,
-        default_base_lr=0.03,
+        lr_rule="0.03 x batch/256",
         weights_help="'none' (fresh weights, the default) or weights to start from: a file or a SavedModel folder",
     )
-    pretrain_parser.add_argument("--weight_decay", type=float, default=1e-4, help="decoupled weight decay (the recipe's is 1e-4)")
+    pretrain_parser.add_argument("--weight_decay", type=float, default=1e-4, help="L2 weight decay added to the gradient (the recipe's is 1e-4)")
     pretrain_parser.add_argument("--epochs", type=int, default=90, help="epochs; LR decays at 30/60/80 of 90 scale with them")
     pretrain_parser.add_argument("--steps", type=int, help="override --epochs with a number of steps (quick runs)")
     pretrain_parser.add_argument("--image_size", type=int, default=224, help="training resolution (the recipe's is 224)")
@@ -115,15 +115,18 @@ def add_data_flags(parser):
     parser.add_argument("--tfds_data_dir", help="where tensorflow-datasets keeps its data (its default when unset)")
 
 
-def add_model_flags(parser, *, default_variant, default_batch_size, default_base_lr, weights_help=None):
+def add_model_flags(parser, *, default_variant, default_batch_size, lr_rule, weights_help=None):
     parser.add_argument("--variant", default=default_variant, help="e.g. BiT-M-R50x1, or R{u1}-{u2}-{u3}-{u4}x{width} for a custom size")
     parser.add_argument(
         "--weights",
         default="release" if weights_help is None else "none",
         help=weights_help or "'release' (the variant's released checkpoint), 'none', a file or a SavedModel folder",
     )
-    parser.add_argument("--batch_size", type=int, default=default_batch_size, help="global batch of one update (the LR scales with it)")
-    parser.add_argument("--base_lr", type=float, default=default_base_lr, help="the recipe's learning rate at its reference batch")
+    parser.add_argument("--batch_size", type=int, default=default_batch_size, help="global batch of one update")
+    parser.add_argument(
+        "--base_lr", type=float,
+        help=f"the peak learning rate, used as given at any batch (as the official --base_lr); by default the recipe's {lr_rule}",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (weights, data order, augmentation, few-shot draw)")
 
 
@@ -131,7 +134,7 @@ def add_training_flags(parser):
     """Flags of the training engine; the examples/ scripts take them too."""
     parser.add_argument("--batch_split", type=int, default=1, help="accumulate gradients over this many micro-batches")
     parser.add_argument("--mixed_precision", choices=MIXED_PRECISION, help="train in bfloat16 (TPU, recent GPUs) or float16")
-    parser.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy; the trainer's default ('auto') when unset")
+    parser.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy; when unset, one device, or the TPU that --tpu names")
     parser.add_argument("--tpu", help="TPU name or address for --strategy tpu (empty on a TPU VM)")
     parser.add_argument("--checkpoint_dir", help="back up here to resume after an interruption; keeps the best model")
 

@@ -17,6 +17,8 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from bit_keras import arguments
+
 # First bytes of the formats `tf.io.decode_image` reads: JPEG (any APPn,
 # including phone-camera MPO), PNG, GIF and BMP.
 _IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
@@ -39,6 +41,10 @@ class Source:
         num_examples: number of examples in `dataset`.
         num_classes: number of classes; sets the one-hot depth.
         class_names: name of each class id, when known.
+        by_index: for sources that can be read in any order (`from_arrays`,
+            `from_folder`), a function from a dataset of int64 indices to the
+            dataset of those examples: training pipelines then draw a full
+            permutation every epoch instead of shuffling through a buffer.
 
     Example:
 
@@ -52,6 +58,7 @@ class Source:
     num_examples: int
     num_classes: int
     class_names: list | None = None
+    by_index: object = None
 
 
 def from_tfds(name, split="train", data_dir=None, image_key="image", label_key="label"):
@@ -141,7 +148,12 @@ def from_arrays(images, labels, num_classes=None):
             f"Fix the labels or pass a larger num_classes."
         )
     dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int64)))
-    return Source(dataset, len(labels), num_classes)
+    images, labels = tf.constant(images), tf.constant(labels.astype(np.int64))
+
+    def by_index(indices):
+        return indices.map(lambda i: (tf.gather(images, i), tf.gather(labels, i)))
+
+    return Source(dataset, len(labels), num_classes, by_index=by_index)
 
 
 def from_folder(path, extensions=(".jpg", ".jpeg", ".png", ".bmp", ".gif")):
@@ -221,11 +233,18 @@ def from_folder(path, extensions=(".jpg", ".jpeg", ".png", ".bmp", ".gif")):
     # A fixed permutation: class-sorted order would defeat a shuffle buffer
     # smaller than the dataset, and a fixed one keeps passes identical.
     order = np.random.default_rng(0).permutation(len(paths))
-    dataset = tf.data.Dataset.from_tensor_slices((np.array(paths)[order], np.array(labels, np.int64)[order]))
-    dataset = dataset.map(lambda file, label: (_decode_image(file), label), num_parallel_calls=tf.data.AUTOTUNE)
-    # Drops files that fail to decode; the order of the others is unchanged.
-    dataset = dataset.ignore_errors(log_warning=True)
-    return Source(dataset, len(paths), len(class_dirs), [d.name for d in class_dirs])
+    files, labels = tf.constant(np.array(paths)[order]), tf.constant(np.array(labels, np.int64)[order])
+
+    def decoded(examples):
+        # Drops files that fail to decode; the order of the others is unchanged.
+        examples = examples.map(lambda file, label: (_decode_image(file), label), num_parallel_calls=tf.data.AUTOTUNE)
+        return examples.ignore_errors(log_warning=True)
+
+    def by_index(indices):
+        return decoded(indices.map(lambda i: (tf.gather(files, i), tf.gather(labels, i))))
+
+    dataset = decoded(tf.data.Dataset.from_tensor_slices((files, labels)))
+    return Source(dataset, len(paths), len(class_dirs), [d.name for d in class_dirs], by_index=by_index)
 
 
 def as_source(data, num_classes=None, dataset_size=None):
@@ -244,6 +263,14 @@ def as_source(data, num_classes=None, dataset_size=None):
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return from_arrays(np.asarray(data[0]), np.asarray(data[1]), num_classes=num_classes)
     if isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        if isinstance(spec, dict) and {"image", "label"} <= set(spec):
+            data = data.map(lambda example: (example["image"], example["label"]))  # as TFDS yields them
+        elif not (isinstance(spec, tuple) and len(spec) == 2):
+            raise ValueError(
+                f"A tf.data.Dataset for training must yield (image, label) pairs or {{'image', 'label'}} dicts, one "
+                f"example at a time (unbatched); this one yields {spec}. Map it to (image, label) first."
+            )
         if dataset_size is None or num_classes is None:
             raise ValueError(
                 "A tf.data.Dataset does not say how many examples and classes it has: pass dataset_size= and "
@@ -256,10 +283,29 @@ def as_source(data, num_classes=None, dataset_size=None):
     )
 
 
+def first_example(source):
+    """The first (image, label) of `source`, or a clear error when it yields none.
+
+    Training streams repeat their source forever: an empty one (a folder whose
+    files look like images but none decodes) would spin without end.
+    """
+    for example in source.dataset.take(1):
+        return example
+    raise ValueError(
+        f"The training data yields no example, though {source.num_examples} were counted: none decodes. For a folder, "
+        f"its files have image headers but are truncated, corrupt or in a variant TensorFlow cannot read; "
+        f"TF_CPP_MIN_LOG_LEVEL=0 shows TensorFlow's message for each. Replace or remove them."
+    )
+
+
 def few_shot(source, examples_per_class, seed=0):
     """A `Source` with `examples_per_class` examples of each class, drawn with `seed`.
 
-    A class with fewer examples contributes all of them, with a warning. The
+    The draw is the official code's (big_transfer's `sample_subset`): for
+    each class in turn, `choice(indices of the class, k, replace=False)` from
+    NumPy's legacy generator seeded with `seed`, so a seed selects the same
+    examples as the official `--examples_per_class_seed`. A class with fewer
+    examples contributes all of them, with a warning. The
     subset keeps the source's order and is cached in memory after its first
     pass, so later epochs do not re-read the whole source.
 
@@ -278,7 +324,7 @@ def few_shot(source, examples_per_class, seed=0):
     if not isinstance(examples_per_class, (int, np.integer)) or examples_per_class < 1:
         raise ValueError(f"examples_per_class must be a positive integer, got {examples_per_class!r}.")
     labels = np.fromiter(source.dataset.map(lambda image, label: label).as_numpy_iterator(), np.int64)
-    rng = np.random.default_rng(seed)
+    rng = np.random.RandomState(seed)  # the official draw: np.random.seed(seed), then np.random.choice
     keep = np.zeros(len(labels), bool)
     short = {}
     for class_id in range(source.num_classes):
@@ -343,7 +389,10 @@ def train_pipeline(
         crop: side of the random square crop (HyperRule: 128 or 384).
         batch_size: examples per (global) batch; a last partial one is dropped.
         mixup_alpha: Beta(alpha, alpha) mixup; 0 turns it off.
-        shuffle_buffer: examples in the shuffle buffer.
+        shuffle_buffer: examples in the shuffle buffer of sources that can
+            only be streamed (`from_tfds`, `few_shot`, a `tf.data.Dataset`);
+            `from_arrays` and `from_folder` sources are permuted whole each
+            epoch, as a class-sorted source needs.
         seed: integer seed for shuffling and augmentation; None for fresh
             randomness on every run.
         repeat: repeat forever (for step-based schedules) or stop after one
@@ -452,9 +501,11 @@ def upstream_pipeline(
 ):
     """The BiT-S/M pre-training pipeline: Inception-style crop, flip, [-1, 1].
 
-    A random crop of 8%-100% of the image area (`crop_area`) with aspect
-    ratio in [3/4, 4/3] is resized to `(image_size, image_size)` (keras-cv's `RandomCropAndResize`
-    crops; the box is drawn from the example's seed), flipped left-right with
+    A random crop of 8%-100% of the image area (`crop_area`) with an aspect
+    ratio in [3/4, 4/3] in pixels (the standard Inception crop, drawn by
+    `tf.image.stateless_sample_distorted_bounding_box` from the example's
+    seed: up to 10 attempts, else the whole image) is resized to
+    `(image_size, image_size)` by keras-cv's `RandomCropAndResize`, flipped left-right with
     probability 1/2 (unless `flip=False`, for data whose mirror image
     changes the label), and scaled to [-1, 1]. Batches have exactly `batch_size`
     examples and one-hot labels. The stream depends on `seed` and the position
@@ -482,7 +533,7 @@ def upstream_pipeline(
     def augment(example, example_seed):
         image, label = example
         box_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(example_seed, 2))
-        image = crop_and_resize.augment_image(tf.cast(image, tf.float32), _inception_box(box_seed, low, high))
+        image = crop_and_resize.augment_image(tf.cast(image, tf.float32), _inception_box(image, box_seed, low, high))
         if flip:
             image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
         return _scale(image), label, example_seed
@@ -502,15 +553,27 @@ def _check_crop_area(crop_area):
     return low, high
 
 
-def _inception_box(seed, low_area=0.08, high_area=1.0):
-    """[[y1, x1, y2, x2]]: a share of the area in [low_area, high_area], aspect ratio in [3/4, 4/3], as keras-cv draws it."""
-    area, aspect, y, x = tf.unstack(tf.random.stateless_uniform((4,), seed=seed))
-    area = low_area + (high_area - low_area) * area
-    aspect = 3 / 4 + (4 / 3 - 3 / 4) * aspect
-    height = tf.clip_by_value(tf.sqrt(area / aspect), 0.0, 1.0)
-    width = tf.clip_by_value(tf.sqrt(area * aspect), 0.0, 1.0)
-    y1, x1 = y * (1.0 - height), x * (1.0 - width)
-    return [[y1, x1, y1 + height, x1 + width]]
+def _inception_box(image, seed, low_area=0.08, high_area=1.0):
+    """[[y1, x1, y2, x2]], normalised: the standard Inception crop of `image`, drawn from `seed`.
+
+    As `tf.image.stateless_sample_distorted_bounding_box` draws it: a share
+    of the area in [low_area, high_area] and an aspect ratio in [3/4, 4/3] in
+    pixels, up to 10 attempts, else the whole image.
+    """
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image),
+        bounding_boxes=tf.zeros((1, 0, 4)),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(low_area, high_area),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    extent = tf.cast(tf.shape(image)[:2], tf.float32)
+    start = tf.cast(begin[:2], tf.float32) / extent
+    end = tf.cast(begin[:2] + size[:2], tf.float32) / extent
+    return [[start[0], start[1], end[0], end[1]]]
 
 
 def _to_rgb(image):
@@ -617,8 +680,7 @@ def _class_name(source, class_id):
 
 def _check_positive(**sizes):
     for name, value in sizes.items():
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        arguments.positive_int(name, value)
 
 
 def _check_one_batch(source, batch_size, repeat):
@@ -646,7 +708,11 @@ def _example_stream(source, seed, shuffle_buffer, repeat, start):
 
     def epoch(index):
         epoch_seed = tf.random.experimental.stateless_fold_in(base, index)
-        examples = _shuffled(source.dataset, shuffle_buffer, epoch_seed[0])
+        if source.by_index is not None:
+            order = tf.random.experimental.stateless_shuffle(tf.range(source.num_examples, dtype=tf.int64), seed=epoch_seed)
+            examples = source.by_index(tf.data.Dataset.from_tensor_slices(order))
+        else:
+            examples = _shuffled(source.dataset, shuffle_buffer, epoch_seed[0])
         return examples.enumerate().map(
             lambda position, example: (example, tf.random.experimental.stateless_fold_in(epoch_seed, position))
         )

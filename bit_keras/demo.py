@@ -94,8 +94,9 @@ class Recipe:
 
     upstream_steps: int = 300
     upstream_batch_size: int = 16
-    upstream_base_lr: float = 0.1  # LR = base_lr * batch / 256 = 0.00625, scaled as BiT-S/M scale it
+    upstream_peak_lr: float = 0.00625  # 0.1 x batch / 256, scaled as BiT-S/M scale 0.03
     upstream_crop_area: tuple = (0.5, 1.0)
+    upstream_loss: str = "sigmoid"  # the upstream recipe's
     image_size: int = 16  # upstream resolution, and the fine-tuning crop (the digits are 8x8)
     flip: bool = False
     finetune_batch_size: int = 32
@@ -116,7 +117,7 @@ class Recipe:
 
     def upstream(self):
         """What the cached upstream model depends on."""
-        keys = ("upstream_steps", "upstream_batch_size", "upstream_base_lr", "upstream_crop_area", "image_size", "flip")
+        keys = ("upstream_steps", "upstream_batch_size", "upstream_peak_lr", "upstream_crop_area", "upstream_loss", "image_size", "flip")
         record = {"variant": VARIANT.name, **{key: getattr(self, key) for key in keys}}
         return json.loads(json.dumps(record))  # as upstream.json reads back: tuples become lists
 
@@ -170,11 +171,12 @@ def pretrain(source, recipe, out, force=False):
         VARIANT,
         num_classes=source.num_classes,
         batch_size=recipe.upstream_batch_size,
-        base_lr=recipe.upstream_base_lr,
+        base_lr=recipe.upstream_peak_lr,
         steps=recipe.upstream_steps,
         image_size=recipe.image_size,
         crop_area=recipe.upstream_crop_area,
         flip=recipe.flip,
+        loss=recipe.upstream_loss,
         seed=0,
         jit_compile=False,  # XLA's compile time on a CPU does not repay itself in a 300-step run
     )
@@ -193,7 +195,7 @@ def make_tuner(recipe, steps):
     return bit_keras.BiTFineTuner(
         model,
         batch_size=recipe.finetune_batch_size,
-        base_lr=recipe.finetune_peak_lr * bit_keras.hyperrule.REFERENCE_BATCH_SIZE / recipe.finetune_batch_size,
+        base_lr=recipe.finetune_peak_lr,
         steps=steps,
         sizes=(recipe.resize, recipe.image_size),
         flip=recipe.flip,

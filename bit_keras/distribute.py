@@ -32,7 +32,7 @@ def resolve_strategy(spec="auto", tpu=None):
             no GPU), "multi_worker" (`MultiWorkerMirroredStrategy` from the
             `TF_CONFIG` environment variable), "default" (no distribution), or
             a `tf.distribute.Strategy` / `keras.distribution.DataParallel`,
-            returned as is. None means "default".
+            returned as is. None means "default", or "tpu" when `tpu` names one.
         tpu: the TPU's name or `grpc://` address for "tpu" (and "auto");
             None looks it up from the environment, as on a Cloud TPU VM.
 
@@ -41,7 +41,7 @@ def resolve_strategy(spec="auto", tpu=None):
         `keras.distribution.DataParallel`, or None for a single device.
     """
     if spec is None:
-        spec = "default"
+        spec = "tpu" if tpu else "default"
     if not isinstance(spec, str):
         return _check_instance(spec)
     if spec not in NAMES:
@@ -93,13 +93,39 @@ def num_replicas(strategy):
     return int(len(strategy.device_mesh.devices.flatten()))
 
 
+def tf_config():
+    """The TF_CONFIG environment variable, parsed and checked: {} when unset.
+
+    A malformed value would otherwise make each host train alone, or fail
+    deep inside TensorFlow without naming the variable.
+    """
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return {}
+    example = '{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type": "worker", "index": 0}}'
+    try:
+        config = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({error}): {text!r:.100}. Set it like {example}.") from None
+    cluster, task = (config.get(key) if isinstance(config, dict) else None for key in ("cluster", "task"))
+    if not isinstance(cluster, dict) or not isinstance(task if task is not None else {}, dict):
+        raise ValueError(
+            f"TF_CONFIG must be a JSON object with a 'cluster' object and a 'task' object, got {text!r:.100}. "
+            f"Set it like {example}."
+        )
+    index = (task or {}).get("index", 0)
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"TF_CONFIG's task index must be a non-negative integer, got {index!r}. Set it like {example}.")
+    return config
+
+
 def is_chief():
     """Whether this process writes backups and files: the chief (or worker 0) of `TF_CONFIG`, JAX process 0."""
     if keras.backend.backend() == "jax":
         import jax
 
         return jax.process_index() == 0
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    config = tf_config()
     task = config.get("task") or {}
     kind, index = task.get("type", "worker"), int(task.get("index", 0))
     if "chief" in config.get("cluster", {}):
@@ -159,7 +185,7 @@ def _tf_strategy(spec, tpu):
     if spec == "tpu" or (spec == "auto" and (tpu or _tpu_in_environment())):
         return _tpu_strategy(tpu, required=spec == "tpu")
     if spec == "multi_worker":
-        if not os.environ.get("TF_CONFIG"):
+        if not tf_config():
             raise ValueError(
                 "strategy='multi_worker' reads the cluster from the TF_CONFIG environment variable, which is not set. "
                 "On each host set TF_CONFIG='{\"cluster\": {\"worker\": [\"host1:port\", \"host2:port\"]}, "

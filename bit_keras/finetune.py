@@ -5,7 +5,7 @@ import warnings
 import keras
 import numpy as np
 
-from bit_keras import checkpoints, data, hyperrule, training
+from bit_keras import arguments, checkpoints, data, hyperrule, training
 from bit_keras.resnet import get_variant, variants
 
 FREEZE_POINTS = ("root", "block1", "block2", "block3", "block4", "head_only")
@@ -45,8 +45,10 @@ class BiTFineTuner:
         image_size: (height, width) of the original images; read from the
             first training example when not given.
         num_classes: classes of the task; the model's head must have as many.
-        batch_size: the global batch (512 in the rule); the LR scales with it.
-        base_lr: LR at batch 512 (0.003 in the rule).
+        batch_size: the global batch (512 in the rule).
+        base_lr: None (the rule's LR: 0.003 at batch 512, scaled linearly
+            with `batch_size`), or the peak LR used as given at any batch,
+            as the official `--base_lr` is.
         batch_split: accumulate gradients over this many micro-batches, so a
             batch of 512 fits in small memory. GroupNorm has no batch
             statistics, and mixup mixes the whole batch before it is split,
@@ -54,9 +56,10 @@ class BiTFineTuner:
         rule: "paper" (448 -> 384 px for large images) or "official" (512 -> 480).
         strategy: where to train: "auto", "tpu", "mirrored", "multi_worker",
             "default" or a `tf.distribute.Strategy` (see
-            `bit_keras.distribute.resolve_strategy`). `batch_size` stays the
-            global batch, split over the replicas; the LR does not change.
-        tpu: the TPU's name or grpc:// address, for strategy="tpu".
+            `bit_keras.distribute.resolve_strategy`); None is one device, or
+            the TPU that `tpu` names. `batch_size` stays the global batch,
+            split over the replicas; the LR does not change.
+        tpu: the TPU's name or grpc:// address; implies strategy="tpu".
         mixed_precision: None, "mixed_bfloat16" or "mixed_float16"; needs a
             variant name, since an existing model keeps its dtype policy.
         checkpoint_dir: where to back up training (a restart with the same
@@ -101,7 +104,7 @@ class BiTFineTuner:
         image_size=None,
         num_classes=None,
         batch_size=hyperrule.REFERENCE_BATCH_SIZE,
-        base_lr=hyperrule.BASE_LR,
+        base_lr=None,
         batch_split=1,
         rule="paper",
         strategy=None,
@@ -119,8 +122,6 @@ class BiTFineTuner:
         flip=True,
         random_crop=True,
     ):
-        if freeze not in (None,) + FREEZE_POINTS:
-            raise ValueError(f"freeze must be None or one of {FREEZE_POINTS}, got {freeze!r}.")
         hyperrule.resolution((1, 1), rule)  # validates the rule name now, not at fit time
         self.engine = training.Engine(
             batch_size=batch_size,
@@ -135,16 +136,27 @@ class BiTFineTuner:
         self.dataset_size = None if dataset_size is None else hyperrule.check_dataset_size(dataset_size)
         self.image_size = image_size
         self._given_sizes = (self.dataset_size, self.image_size)  # the rest is read from each run's data
-        self.num_classes = None if num_classes is None else training.positive_int("num_classes", num_classes)
-        self.base_lr = training.positive_float("base_lr", base_lr)
+        self.num_classes = None if num_classes is None else arguments.positive_int("num_classes", num_classes)
+        self.base_lr = None if base_lr is None else arguments.positive_float("base_lr", base_lr)
         self.rule = rule
         self.freeze = freeze
-        self.steps = None if steps is None else training.positive_int("steps", steps)
-        self.sizes = sizes
-        self.flip = _flag("flip", flip)
-        self.random_crop = _flag("random_crop", random_crop)
+        self.steps = None if steps is None else arguments.positive_int("steps", steps)
+        self.sizes = None if sizes is None else arguments.sizes(sizes)
+        self.flip = arguments.flag("flip", flip)
+        self.random_crop = arguments.flag("random_crop", random_crop)
         self.model = self._build(model_or_variant, mixed_precision, weights, zero_head)
         self._compiled_schedule = None
+
+    @property
+    def freeze(self):
+        """The depth frozen in this tuner's runs; settable between runs (see `restart`)."""
+        return self._freeze
+
+    @freeze.setter
+    def freeze(self, freeze):
+        if freeze not in (None,) + FREEZE_POINTS:
+            raise ValueError(f"freeze must be None or one of {FREEZE_POINTS}, got {freeze!r}.")
+        self._freeze = freeze
 
     @property
     def batch_size(self):
@@ -242,6 +254,7 @@ class BiTFineTuner:
         validation = None
         if validation_data is not None:
             validation = data.eval_pipeline(self._source(validation_data), crop=rule.crop, batch_size=self.engine.micro_batch)
+        self._apply_freeze(self.model)
         self._compile()
         fingerprint = {
             "dataset_size": self.dataset_size,
@@ -249,6 +262,8 @@ class BiTFineTuner:
             "base_lr": self.base_lr,
             "flip": rule.flip,
             "random_crop": rule.random_crop,
+            "freeze": self.freeze,
+            "rule": self.rule,
         }
         return self.engine.fit(
             self.model,
@@ -271,6 +286,8 @@ class BiTFineTuner:
         the constructor (None: a new one). A dataset size or image size that
         was read from the previous run's data is read again from the next
         run's. Not with `checkpoint_dir`, whose backups belong to one run.
+        `freeze` is a setting of each run: set `tuner.freeze` before a
+        restart to freeze another depth, or None to train everything again.
 
         Example:
 
@@ -359,24 +376,24 @@ class BiTFineTuner:
             variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
 
     def _apply_freeze(self, model):
-        if self.freeze is None:
-            return
-        frozen_stages = FREEZE_POINTS[: FREEZE_POINTS.index(self.freeze) + 1]
+        """Makes exactly the layers before `freeze` untrainable, and every other layer trainable again."""
+        frozen_stages = () if self.freeze is None else FREEZE_POINTS[: FREEZE_POINTS.index(self.freeze) + 1]
         for layer in model.layers:
             stage = "root" if layer.name.startswith("root") else layer.name.split("_")[0]
             if self.freeze == "head_only":
                 layer.trainable = layer.name == "head"
-            elif stage in frozen_stages:
-                layer.trainable = False
+            else:
+                layer.trainable = stage not in frozen_stages
 
     def _compile(self):
         # The compiled step depends on the data only through the LR schedule:
         # a run whose schedule is unchanged (see `restart`) keeps the traced step.
         schedule = self.learning_rate
-        if schedule.get_config() == self._compiled_schedule:
+        compiled = (schedule.get_config(), self.freeze)  # trainability changes the compiled step too
+        if compiled == self._compiled_schedule:
             return
         self.engine.compile(self.model, self.engine.optimizer(schedule), schedule.total_steps)
-        self._compiled_schedule = schedule.get_config()
+        self._compiled_schedule = compiled
 
     def _source(self, train):
         return data.as_source(train, self.num_classes, self.dataset_size)
@@ -386,12 +403,6 @@ class BiTFineTuner:
             raise ValueError(f"The data has {source.num_classes} classes but the model's head has {self.num_classes}.")
         if self.dataset_size is None:
             self.dataset_size = source.num_examples
+        image, _ = data.first_example(source)
         if self.image_size is None:
-            image, _ = next(iter(source.dataset.take(1)))
             self.image_size = tuple(int(d) for d in image.shape[:2])
-
-
-def _flag(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False, got {value!r}.")
-    return bool(value)

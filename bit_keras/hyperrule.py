@@ -8,10 +8,11 @@ warm-up, the learning-rate decays and mixup follow from the dataset size.
 """
 
 import dataclasses
-import numbers
 
 import keras
 from keras import ops
+
+from bit_keras import arguments
 
 REFERENCE_BATCH_SIZE = 512
 BASE_LR = 0.003
@@ -73,12 +74,8 @@ def mixup_alpha(dataset_size):
 
 
 def check_dataset_size(dataset_size):
-    """`dataset_size` as an int: a positive integer of any kind (NumPy's too), never a float or bool."""
-    if isinstance(dataset_size, bool) or not isinstance(dataset_size, numbers.Integral) or dataset_size < 1:
-        raise ValueError(
-            f"dataset_size must be a positive integer (the number of training examples), got {dataset_size!r}."
-        )
-    return int(dataset_size)
+    """`dataset_size` (the number of training examples) as an int: a positive integer of any kind, never a float or bool."""
+    return arguments.positive_int("dataset_size", dataset_size)
 
 
 @keras.saving.register_keras_serializable(package="bit_keras")
@@ -136,8 +133,17 @@ def scaled(steps, total_steps):
     )
 
 
-def learning_rate(dataset_size, batch_size=REFERENCE_BATCH_SIZE, base_lr=BASE_LR, steps_per_update=1, total_steps=None):
-    """The HyperRule learning-rate schedule; the LR scales linearly with batch size.
+def peak_lr(batch_size=REFERENCE_BATCH_SIZE, base_lr=None):
+    """The peak LR: `base_lr` as given, like the official `--base_lr`; by default the rule's 0.003 at batch 512, scaled.
+
+    >>> peak_lr(128), peak_lr(128, base_lr=0.001)
+    (0.00075, 0.001)
+    """
+    return BASE_LR * batch_size / REFERENCE_BATCH_SIZE if base_lr is None else base_lr
+
+
+def learning_rate(dataset_size, batch_size=REFERENCE_BATCH_SIZE, base_lr=None, steps_per_update=1, total_steps=None):
+    """The HyperRule learning-rate schedule, peaking at `peak_lr(batch_size, base_lr)`.
 
     >>> round(float(learning_rate(50_000, batch_size=128)(500)), 8)
     0.00075
@@ -145,8 +151,9 @@ def learning_rate(dataset_size, batch_size=REFERENCE_BATCH_SIZE, base_lr=BASE_LR
     steps = schedule(dataset_size)
     if total_steps is not None:
         steps = scaled(steps, total_steps)
-    peak_lr = base_lr * batch_size / REFERENCE_BATCH_SIZE
-    return HyperRuleLearningRate(peak_lr, steps.warmup_steps, steps.boundaries, steps.total_steps, steps_per_update)
+    return HyperRuleLearningRate(
+        peak_lr(batch_size, base_lr), steps.warmup_steps, steps.boundaries, steps.total_steps, steps_per_update
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,8 +164,10 @@ class HyperRule:
     >>> rule.resize, rule.crop, rule.total_steps, rule.mixup_alpha
     (160, 128, 10000, 0.1)
 
-    `steps` and `sizes` (resize, crop) override the rule for quick runs; the
-    table says so. `flip` and `random_crop` (both on, as in the official
+    `base_lr=None` is the rule's LR, 0.003 at batch 512 scaled linearly with
+    `batch_size`; a number is the peak LR used as given at any batch, as the
+    official `--base_lr` is. `steps` and `sizes` (resize, crop) override the
+    rule for quick runs; the table says so. `flip` and `random_crop` (both on, as in the official
     code) can be turned off where they would change the label (digits,
     text, orientation), as the paper does.
     """
@@ -166,7 +175,7 @@ class HyperRule:
     dataset_size: int
     image_size: tuple
     batch_size: int = REFERENCE_BATCH_SIZE
-    base_lr: float = BASE_LR
+    base_lr: float = None
     rule: str = "paper"
     steps: int = None
     sizes: tuple = None
@@ -208,7 +217,7 @@ class HyperRule:
 
     @property
     def peak_lr(self):
-        return self.base_lr * self.batch_size / REFERENCE_BATCH_SIZE
+        return peak_lr(self.batch_size, self.base_lr)
 
     def learning_rate(self, steps_per_update=1):
         """The LR schedule; `steps_per_update` is the gradient-accumulation count."""
@@ -222,7 +231,9 @@ class HyperRule:
             ("flips", "random left-right" if self.flip else "off"),
             ("steps", f"{self.total_steps:,} at batch {self.batch_size}" + (" (overridden)" if self.steps else "")),
             ("warm-up", f"{self.warmup_steps:,} steps, linear from 0"),
-            ("learning rate", f"{self.peak_lr:g}, x0.1 after steps {', '.join(f'{b:,}' for b in self.boundaries)}"),
+            ("learning rate", f"{self.peak_lr:g} "
+             + (f"(0.003 x {self.batch_size}/512)" if self.base_lr is None else "(base_lr, as given)")
+             + f", x0.1 after steps {', '.join(f'{b:,}' for b in self.boundaries)}"),
             ("mixup", f"alpha {self.mixup_alpha:g}" if self.mixup_alpha else "off"),
         ]
         width = max(len(name) for name, _ in rows)

@@ -140,9 +140,10 @@ class GroupNormalization(keras.layers.Layer):
     by its own mean and variance over space and the group's channels, then
     scaled and shifted per channel by `gamma` and `beta`. Under a mixed
     precision policy the statistics and the normalisation run in float32 and
-    only the output is cast to the compute dtype. The variance is computed in
-    one pass, as E[x^2] - E[x]^2 in float32: exact to about 1e-7 of E[x^2],
-    ample for activations whose mean is not thousands of times their spread.
+    only the output is cast to the compute dtype. The variance is that of the
+    centred activations (two passes, as Keras' own layer and PyTorch take it),
+    so it keeps its digits when the mean is far larger than the spread, where
+    E[x^2] - E[x]^2 in float32 would lose them.
     Under TensorFlow the arithmetic runs as one XLA cluster per layer,
     between TensorFlow's own convolutions; `unfused()` traces plain ops.
 
@@ -198,12 +199,9 @@ def _group_norm(x, gamma, beta, groups, epsilon):
     shape = ops.shape(x)
     per_group = channels // groups
     grouped = ops.reshape(x, (shape[0], -1, groups, per_group))
-    # One pass over the activations for both moments, then one multiply-add
-    # with per-channel scale and shift: a third of the memory traffic of
-    # normalise-then-affine, which dominates this layer.
-    mean = ops.mean(grouped, axis=(1, 3), keepdims=True)
-    mean_of_squares = ops.mean(ops.square(grouped), axis=(1, 3), keepdims=True)
-    variance = ops.maximum(mean_of_squares - ops.square(mean), 0.0)
+    # Under XLA (see `_fused`) the centring, both reductions and the scale and
+    # shift fuse into passes over the activations, with nothing materialised.
+    centered = grouped - ops.mean(grouped, axis=(1, 3), keepdims=True)
+    variance = ops.mean(ops.square(centered), axis=(1, 3), keepdims=True)
     scale = ops.reshape(gamma, (1, 1, groups, per_group)) * ops.rsqrt(variance + epsilon)
-    shift = ops.reshape(beta, (1, 1, groups, per_group)) - mean * scale
-    return ops.reshape(grouped * scale + shift, shape)
+    return ops.reshape(centered * scale + ops.reshape(beta, (1, 1, groups, per_group)), shape)

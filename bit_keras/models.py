@@ -6,7 +6,7 @@ import warnings
 
 import keras
 
-from bit_keras import checkpoints, distribute
+from bit_keras import arguments, checkpoints, distribute
 from bit_keras.resnet import WS_EPSILON, build_resnet, get_variant
 
 MIXED_PRECISION = ("mixed_bfloat16", "mixed_float16")
@@ -76,6 +76,8 @@ def BiT(
     (2, 10)
     """
     _check_num_classes(num_classes)
+    include_top = arguments.flag("include_top", include_top)
+    ws_epsilon = arguments.positive_float("ws_epsilon", ws_epsilon)
     input_shape = _check_input_shape(input_shape)
     auto = variant is None or (isinstance(variant, str) and variant.lower() == "auto")
     if auto and weights is None:

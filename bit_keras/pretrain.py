@@ -2,7 +2,9 @@
 
 The recipe (paper section 3.1): SGD with momentum 0.9, LR 0.03 * batch / 256 at
 batch 4096, weight decay 1e-4, linear warm-up over 5000 steps, x0.1 at epochs
-30, 60 and 80 of 90; Inception-style random crops and flips at 224 px.
+30, 60 and 80 of 90; Inception-style random crops and flips at 224 px; a
+sigmoid cross-entropy loss (the BiT authors, big_transfer issue 26: ImageNet-21k
+images can carry several labels).
 `epochs=` and `steps=` shorten a run with its decays in proportion; the
 warm-up keeps its share of the ILSVRC-2012 run (5000 of its 28,150 steps),
 up to 5000 steps.
@@ -12,10 +14,10 @@ import dataclasses
 
 import keras
 
-from bit_keras import data, hyperrule, training
+from bit_keras import arguments, data, hyperrule, training
 
 UPSTREAM_BATCH_SIZE = 4096
-BASE_LR = 0.03  # at batch 256, scaled linearly with the batch
+BASE_LR = 0.03  # at batch 256, scaled linearly with the batch when no base_lr is given
 WEIGHT_DECAY = 1e-4
 EPOCHS = 90
 DECAY_EPOCHS = (30, 60, 80)
@@ -39,6 +41,7 @@ class UpstreamSchedule:
     boundaries: tuple
     peak_lr: float
     weight_decay: float
+    lr_given: bool = False  # base_lr was given (the peak as is), not the recipe's scaled default
 
     def learning_rate(self):
         return hyperrule.HyperRuleLearningRate(self.peak_lr, self.warmup_steps, self.boundaries, self.total_steps)
@@ -49,30 +52,37 @@ class UpstreamSchedule:
             ("dataset", f"{self.dataset_size:,} examples"),
             ("steps", f"{self.total_steps:,} at batch {self.batch_size} ({epochs:.1f} epochs)"),
             ("warm-up", f"{self.warmup_steps:,} steps, linear from 0"),
-            ("learning rate", f"{self.peak_lr:g}, x0.1 after steps {', '.join(f'{b:,}' for b in self.boundaries)}"),
+            ("learning rate", f"{self.peak_lr:g} "
+             + ("(base_lr, as given)" if self.lr_given else f"(0.03 x {self.batch_size}/256)")
+             + ", x0.1 after steps {', '.join(f'{b:,}' for b in self.boundaries)}"),
             ("weight decay", f"{self.weight_decay:g}"),
         ]
         width = max(len(name) for name, _ in rows)
         return "BiT upstream recipe\n" + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
 
 
-def upstream_schedule(dataset_size, batch_size=UPSTREAM_BATCH_SIZE, base_lr=BASE_LR, weight_decay=WEIGHT_DECAY, epochs=EPOCHS, steps=None):
+def upstream_schedule(dataset_size, batch_size=UPSTREAM_BATCH_SIZE, base_lr=None, weight_decay=WEIGHT_DECAY, epochs=EPOCHS, steps=None):
     """The upstream schedule for `epochs` (or exactly `steps`) over `dataset_size` examples.
+
+    `base_lr=None` is the recipe's 0.03 x batch / 256; a number is the peak LR
+    used as given, as the fine-tuner's `base_lr` is.
 
     >>> upstream_schedule(900, batch_size=64, epochs=9).boundaries
     (42, 85, 113)
     """
     dataset_size = hyperrule.check_dataset_size(dataset_size)
-    batch_size = training.positive_int("batch_size", batch_size)
+    batch_size = arguments.positive_int("batch_size", batch_size)
     if steps is None:
-        steps = max(1, round(training.positive_float("epochs", epochs) * dataset_size / batch_size))
-    steps = training.positive_int("steps", steps)
+        steps = max(1, round(arguments.positive_float("epochs", epochs) * dataset_size / batch_size))
+    steps = arguments.positive_int("steps", steps)
     boundaries = tuple(round(steps * epoch / EPOCHS) for epoch in DECAY_EPOCHS)
     warmup = min(WARMUP_STEPS, round(steps * WARMUP_STEPS / ILSVRC_STEPS))
-    peak_lr = training.positive_float("base_lr", base_lr) * batch_size / 256
+    peak_lr = BASE_LR * batch_size / 256 if base_lr is None else arguments.positive_float("base_lr", base_lr)
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
-    return UpstreamSchedule(dataset_size, batch_size, steps, warmup, boundaries, peak_lr, float(weight_decay))
+    return UpstreamSchedule(
+        dataset_size, batch_size, steps, warmup, boundaries, peak_lr, float(weight_decay), base_lr is not None
+    )
 
 
 class BiTPretrainer:
@@ -88,8 +98,9 @@ class BiTPretrainer:
         model_or_variant: a `bit_keras.BiT` model, or a variant name /
             `bit_keras.Variant` built with fresh weights.
         num_classes: upstream classes; read from the data when None.
-        batch_size, base_lr, weight_decay: the recipe's 4096, 0.03 (per 256
-            examples) and 1e-4.
+        batch_size, weight_decay: the recipe's 4096 and 1e-4.
+        base_lr: None (the recipe's 0.03 x batch / 256: 0.48 at 4096), or
+            the peak LR used as given at any batch.
         epochs: the run's length (90 in the recipe); decays scale with it.
         steps: the run's length in updates, instead of `epochs`.
         image_size: side of the training crops (224 in the recipe).
@@ -98,6 +109,8 @@ class BiTPretrainer:
             8x8 px) keep more of themselves with e.g. (0.5, 1.0).
         flip: random left-right flips (True, as the recipe); turn off for
             data whose mirror image changes the label (digits, text).
+        loss: "sigmoid" (the recipe's: one binary cross-entropy per class,
+            summed) or "softmax" (categorical cross-entropy).
         jit_compile: "auto" compiles the training step with XLA for
             TensorFlow runs of at least 100 updates on one device (see
             `training.Engine.xla`); True or False to choose.
@@ -125,13 +138,14 @@ class BiTPretrainer:
         *,
         num_classes=None,
         batch_size=UPSTREAM_BATCH_SIZE,
-        base_lr=BASE_LR,
+        base_lr=None,
         weight_decay=WEIGHT_DECAY,
         epochs=EPOCHS,
         steps=None,
         image_size=224,
         crop_area=(0.08, 1.0),
         flip=True,
+        loss="sigmoid",
         batch_split=1,
         strategy=None,
         tpu=None,
@@ -153,12 +167,14 @@ class BiTPretrainer:
         )
         upstream_schedule(1, batch_size, base_lr, weight_decay, epochs, steps)  # validates the recipe's numbers now
         self.base_lr, self.weight_decay, self.epochs, self.steps = base_lr, weight_decay, epochs, steps
-        self.image_size = training.positive_int("image_size", image_size)
+        self.image_size = arguments.positive_int("image_size", image_size)
         self.crop_area = data._check_crop_area(crop_area)
         if not isinstance(flip, bool):
             raise ValueError(f"flip must be True or False, got {flip!r}.")
         self.flip = flip
-        self.num_classes = None if num_classes is None else training.positive_int("num_classes", num_classes)
+        training.loss_function(loss)  # validates the name now, not at fit time
+        self.loss = loss
+        self.num_classes = None if num_classes is None else arguments.positive_int("num_classes", num_classes)
         self.mixed_precision = mixed_precision
         self._variant = None
         self.model = None
@@ -176,6 +192,7 @@ class BiTPretrainer:
     def fit(self, train, validation_data=None, callbacks=None, verbose="auto"):
         """Pre-trains on `train` (a `data.Source` or (images, labels) arrays in [0, 255]); returns the `History`."""
         source = data.as_source(train, self.num_classes)
+        data.first_example(source)
         if self.model is None:
             self.num_classes = source.num_classes
             self._build()
@@ -184,10 +201,12 @@ class BiTPretrainer:
             raise ValueError(f"The data has {source.num_classes} classes but the model's head has {classes}.")
         schedule = self.schedule(source.num_examples)
         print(schedule)
+        print(f"  {'loss':<13}  {self.loss} cross-entropy")
         self.engine.compile(
             self.model,
             self.engine.optimizer(schedule.learning_rate(), schedule.weight_decay),
             schedule.total_steps,
+            self.loss,
         )
 
         def make_train(start_batch):
@@ -213,6 +232,8 @@ class BiTPretrainer:
             "base_lr": self.base_lr,
             "crop_area": list(self.crop_area),
             "flip": self.flip,
+            "loss": self.loss,
+            "weight_decay": self.weight_decay,
         }
         return self.engine.fit(
             self.model,

@@ -13,6 +13,7 @@ import re
 import keras
 from keras import layers
 
+from bit_keras import arguments
 from bit_keras.layers import GroupNormalization, StandardizedConv2D
 
 UNITS_PER_BLOCK = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -56,13 +57,14 @@ class Variant:
     upstream_classes: int = None
 
     def __post_init__(self):
-        units = tuple(int(u) for u in self.units)
-        if len(units) != 4 or min(units) < 1:
-            raise ValueError(f"units must be four positive counts (one per block), got {self.units!r}.")
-        if int(self.width) < 1:
-            raise ValueError(f"width must be a positive integer, got {self.width!r}.")
+        try:
+            units = tuple(arguments.positive_int("units", u) for u in self.units)
+        except (TypeError, ValueError):
+            units = ()
+        if len(units) != 4:
+            raise ValueError(f"units must be four positive integers (one count per block), got {self.units!r}.")
         object.__setattr__(self, "units", units)
-        object.__setattr__(self, "width", int(self.width))
+        object.__setattr__(self, "width", arguments.positive_int("width", self.width))
 
     @property
     def architecture(self):

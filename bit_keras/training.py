@@ -28,8 +28,9 @@ import warnings
 import keras
 import numpy as np
 
-from bit_keras import distribute, layers
+from bit_keras import arguments, distribute, layers
 
+LOSSES = ("softmax", "sigmoid")
 BACKUP_FOLDER = "backup"
 BEST_MODEL = "best.keras"
 EVALUATIONS_PER_RUN = 10  # "epochs" of a run: progress bars, validation and backups
@@ -39,20 +40,36 @@ _STATE = "state.json"
 _WEIGHTS = "state.weights.h5"
 
 
-def positive_int(name, value):
-    """`value` as an int, or a ValueError naming `name` (integers of any kind; not floats or bools)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
+@keras.saving.register_keras_serializable(package="bit_keras")
+class SigmoidCrossEntropy(keras.losses.Loss):
+    """Sigmoid cross-entropy from logits, summed over the classes: BiT's upstream loss.
+
+    Each class is its own binary problem, so an image may carry several
+    labels (ImageNet-21k's do). Summed, not averaged, over the classes, as the
+    BiT code sums it: an average over 21,843 classes would shrink the
+    gradient, and so the effective learning rate, 21,843-fold.
+
+    >>> import numpy as np
+    >>> float(SigmoidCrossEntropy()(np.eye(2, dtype="float32"), np.zeros((2, 2), "float32")))  # 2 x log(2)
+    1.3862943649291992
+    """
+
+    def __init__(self, name="sigmoid_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        y_true = keras.ops.cast(y_true, y_pred.dtype)
+        per_class = keras.ops.binary_crossentropy(y_true, y_pred, from_logits=True)
+        return keras.ops.sum(per_class, axis=-1)
 
 
-def positive_float(name, value):
-    """`value` as a float, or a ValueError naming `name`."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a positive number, got {value!r}.")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive, finite number, got {value!r}.")
-    return float(value)
+def loss_function(loss):
+    """The Keras loss of a trainer's `loss=` name: "softmax" (fine-tuning) or "sigmoid" (BiT upstream)."""
+    if loss == "softmax":
+        return keras.losses.CategoricalCrossentropy(from_logits=True)
+    if loss == "sigmoid":
+        return SigmoidCrossEntropy()
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
 
 
 @keras.saving.register_keras_serializable(package="bit_keras")
@@ -84,7 +101,7 @@ class AccumulatingSGD(keras.optimizers.Optimizer):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.momentum = float(momentum)
         self.l2 = float(weight_decay)
-        self.accumulation_steps = positive_int("accumulation_steps", accumulation_steps)
+        self.accumulation_steps = arguments.positive_int("accumulation_steps", accumulation_steps)
 
     @property
     def iterations(self):
@@ -167,9 +184,9 @@ class Engine:
         if jit_compile not in ("auto", True, False):
             raise ValueError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}.")
         self.jit_compile = jit_compile
-        self.batch_size = positive_int("batch_size", batch_size)
-        self.batch_split = positive_int("batch_split", batch_split)
-        self.backup_every = None if backup_every is None else positive_int("backup_every", backup_every)
+        self.batch_size = arguments.positive_int("batch_size", batch_size)
+        self.batch_split = arguments.positive_int("batch_split", batch_split)
+        self.backup_every = None if backup_every is None else arguments.positive_int("backup_every", backup_every)
         self.strategy = distribute.resolve_strategy(strategy, tpu)
         self.replicas = distribute.num_replicas(self.strategy)
         if self.batch_size % (self.batch_split * self.replicas):
@@ -184,7 +201,7 @@ class Engine:
 
     def _set_seed(self, seed):
         self.seed_given = seed is not None
-        self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+        self.seed = arguments.non_negative_int("seed", seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
         keras.utils.set_random_seed(self.seed)
 
     @property
@@ -239,8 +256,11 @@ class Engine:
             return True
         return "auto"
 
-    def compile(self, model, optimizer, total_steps):
+    def compile(self, model, optimizer, total_steps, loss="softmax"):
         """Compiles `model` for soft-label (mixup) classification from logits, with every object made under the strategy.
+
+        `loss` is "softmax" (categorical cross-entropy) or "sigmoid" (see
+        `SigmoidCrossEntropy`).
 
         Runs shorter than `XLA_MIN_UPDATES`, and runs with `jit_compile=False`,
         then trace their steps (training, `evaluate`, `predict`) under
@@ -250,7 +270,7 @@ class Engine:
         with self.scope():
             model.compile(
                 optimizer=optimizer,
-                loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                loss=loss_function(loss),
                 metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
                 jit_compile=self.xla(total_steps),
             )
@@ -280,11 +300,16 @@ class Engine:
         from the newest backup whose `fingerprint` (the recipe's arguments)
         matches, and refuses one that does not.
         """
-        total_steps = positive_int("total_steps", total_steps)
+        total_steps = arguments.positive_int("total_steps", total_steps)
         epoch_steps = self._epoch_steps(total_steps)
         epochs = total_steps // epoch_steps
         monitor = "val_accuracy" if validation is not None else "loss"
-        fingerprint = {"batch_size": self.batch_size, "total_steps": total_steps, **(fingerprint or {})}
+        fingerprint = {
+            "batch_size": self.batch_size,
+            "batch_split": self.batch_split,
+            "total_steps": total_steps,
+            **(fingerprint or {}),
+        }
         backups = Backups(os.path.join(self.checkpoint_dir, BACKUP_FOLDER)) if self.checkpoint_dir else None
         start, best = 0, None
         if backups is not None:
@@ -413,6 +438,8 @@ class Backups:
             with open(os.path.join(path, _STATE)) as f:
                 record = json.load(f)
             step, seed, best, fingerprint = int(record["step"]), int(record["seed"]), record["best"], dict(record["fingerprint"])
+            if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
+                raise ValueError(f"'best' is {best!r}, not a number")
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise self._damaged(path, names, f"its record {_STATE} is missing or garbled ({error})") from None
         if not os.path.isfile(os.path.join(path, _WEIGHTS)):

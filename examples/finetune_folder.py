@@ -20,7 +20,7 @@ def main(argv=None):
     parser.add_argument("--weights", default="release", help="'release', 'none', or a checkpoint file")
     parser.add_argument("--batch_size", type=int, default=512)
     parser.add_argument("--batch_split", type=int, default=1, help="micro-batches per update, to fit in memory")
-    parser.add_argument("--base_lr", type=float, default=0.003, help="LR at batch 512 (the HyperRule's 0.003)")
+    parser.add_argument("--base_lr", type=float, help="peak LR as given; by default the HyperRule's 0.003 x batch/512")
     parser.add_argument("--steps", type=int, help="override the HyperRule's steps (quick runs)")
     parser.add_argument("--sizes", help="override the HyperRule's resize,crop (quick runs), e.g. 40,32")
     parser.add_argument("--strategy", help="auto, default, mirrored, multi_worker or tpu (the tuner's default: auto)")

@@ -86,7 +86,7 @@ options = dict(
     backup_every=2,
 )
 if args.trainer == "pretrain":
-    tuner = bit_keras.BiTPretrainer(bit_keras.Variant((1, 1, 1, 1)), num_classes=2, image_size=32, base_lr=0.5, **options)
+    tuner = bit_keras.BiTPretrainer(bit_keras.Variant((1, 1, 1, 1)), num_classes=2, image_size=32, base_lr=0.015625, **options)
 else:
     tuner = bit_keras.BiTFineTuner(
         bit_keras.Variant((1, 1, 1, 1)),
@@ -95,7 +95,7 @@ else:
         dataset_size=20_000,  # the rule turns mixup on from 20k examples
         image_size=(12, 12),
         sizes=(40, 32),
-        base_lr=0.3,
+        base_lr=0.0046875,
         **options,
     )
     assert tuner.mixup_alpha > 0

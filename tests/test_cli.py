@@ -136,7 +136,7 @@ def test_finetune_image_folder_with_a_corrupt_file(tmp_path):
             Image.fromarray(pixels).save(root / name / f"{i}.png")
     (root / "bright" / "broken.jpg").write_bytes(b"not an image")
     args = ["finetune", "--dataset", str(root), "--variant", "R1-1-1-1x1", "--weights", "none", "--batch_size", "8",
-            "--base_lr", "1.0", "--steps", "20", "--sizes", "20,16", "--save", str(tmp_path / "m.keras")]
+            "--base_lr", "0.015625", "--steps", "20", "--sizes", "20,16", "--save", str(tmp_path / "m.keras")]
     result = bit_keras_cli(args, cwd=tmp_path)
     assert "skipped 1 file" in result.stderr
     assert "18 training" in result.stdout and "2 classes" in result.stdout  # 20 readable images, 10% held out

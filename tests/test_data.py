@@ -100,6 +100,22 @@ def test_crop_position_is_random():
         assert np.ptp(crop[..., 0]) == 7 and np.ptp(crop[..., 1]) == 7
 
 
+def test_class_sorted_arrays_larger_than_any_buffer_give_mixed_batches():
+    """30,000 class-sorted examples: every batch mixes the classes as the data does (not one or two of them)."""
+    labels = np.repeat(np.arange(10), 3_000)
+    source = data.from_arrays(np.zeros((30_000, 4, 4, 3), np.uint8), labels)
+    pipeline = data.train_pipeline(source, resize=4, crop=4, batch_size=100, seed=0, flip=False)
+    counts = np.stack([one_hot.numpy().sum(axis=0) for _, one_hot in pipeline.take(30)])
+    assert (counts > 0).sum(axis=1).min() >= 8  # a uniform draw of 100 from 10 classes misses at most two
+    _, p_value = stats.chisquare(counts.sum(axis=0))
+    assert p_value > 1e-3, counts.sum(axis=0)
+    # The next epoch is another permutation, drawn from (seed, epoch) alone.
+    first = [np.asarray(y) for _, y in data.train_pipeline(source, resize=4, crop=4, batch_size=30_000, seed=0).take(2)]
+    assert not np.array_equal(first[0], first[1])
+    again = next(iter(data.train_pipeline(source, resize=4, crop=4, batch_size=30_000, seed=0, start_batch=1)))[1]
+    np.testing.assert_array_equal(np.asarray(again), first[1])
+
+
 def test_train_pipeline_is_reproducible_for_a_seed():
     source = _mixed_size_source()
     kwargs = dict(resize=16, crop=8, batch_size=3, mixup_alpha=0.5)
@@ -451,3 +467,17 @@ def test_upstream_crop_area_bounds_the_crop():
     assert np.std(white_share(small)) > 0.05  # a small crop is mostly white or mostly black
     with pytest.raises(ValueError, match="crop_area must satisfy 0 < low <= high <= 1"):
         data.upstream_pipeline(source, image_size=20, batch_size=1, crop_area=(0.5, 1.5))
+
+
+@pytest.mark.parametrize("shape", [(30, 90, 3), (120, 40, 3), (64, 64, 3)])
+def test_inception_box_is_drawn_in_pixels(shape):
+    """Aspect ratio 3/4-4/3 of the crop in pixels, whatever the image's shape; area 8-100%."""
+    image = tf.zeros(shape, tf.uint8)
+    height, width = shape[:2]
+    for index in range(200):
+        ((y1, x1, y2, x2),) = np.asarray(data._inception_box(image, tf.constant([7, index], tf.int64)))
+        box_height, box_width = (y2 - y1) * height, (x2 - x1) * width
+        whole = (y1, x1, y2, x2) == (0, 0, 1, 1)
+        assert whole or 3 / 4 - 0.05 <= box_width / box_height <= 4 / 3 + 0.05, (box_height, box_width)
+        assert whole or 0.08 - 0.02 <= box_height * box_width / (height * width) <= 1.0
+        assert 0 <= y1 < y2 <= 1 and 0 <= x1 < x2 <= 1

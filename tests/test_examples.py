@@ -83,7 +83,7 @@ def test_folder_script_learns_and_skips_a_corrupt_file(tmp_path):
     out = run_script(
         "finetune_folder",
         ["--train_dir", str(tmp_path / "train"), "--test_dir", str(tmp_path / "test"), "--variant", "R1-1-1-1x1",
-         "--weights", "none", "--batch_size", "8", "--base_lr", "1.0", "--steps", "20", "--sizes", "20,16"],
+         "--weights", "none", "--batch_size", "8", "--base_lr", "0.015625", "--steps", "20", "--sizes", "20,16"],
         cwd=tmp_path,
     )
     assert "20 images in 2 classes: bright, dark" in out

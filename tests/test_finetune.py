@@ -15,6 +15,19 @@ from bit_keras.finetune import BiTFineTuner
 TINY = bit_keras.Variant((1, 1, 1, 1), width=1)
 
 
+@pytest.mark.parametrize("base_lr", [None, 0.001])
+def test_base_lr_is_the_official_flag(base_lr, capsys):
+    """The official README's `--batch 128 --base_lr 0.001` trains at peak 0.001; no base_lr is 0.003 x 128/512."""
+    tuner = BiTFineTuner(bit_keras.BiT(TINY, num_classes=10), dataset_size=1_000, image_size=(32, 32), batch_size=128, base_lr=base_lr)
+    steps = np.arange(500)
+    got = keras.ops.convert_to_numpy(tuner.learning_rate(keras.ops.convert_to_tensor(steps)))
+    official = [official_lr(s, 1_000, base_lr=0.001 if base_lr else 0.003) for s in steps]
+    scale = 1.0 if base_lr else 128 / 512
+    np.testing.assert_allclose(got, np.multiply(official, scale), rtol=1e-6, atol=1e-12)
+    shown = str(tuner.hyperrule)
+    assert ("0.001 (base_lr, as given)" if base_lr else "0.00075 (0.003 x 128/512)") in shown
+
+
 def tuner_for(model=None, **kwargs):
     options = dict(batch_size=16, steps=20, sizes=(40, 32), seed=0)
     options.update(kwargs)
@@ -59,7 +72,7 @@ def test_head_is_zeroed_unless_kept_and_decisions_need_sizes():
 @pytest.mark.backends
 def test_fine_tunes_a_separable_task_well_above_chance(capsys):
     images, labels = colour_task()
-    tuner = tuner_for(base_lr=0.3, steps=30)
+    tuner = tuner_for(base_lr=0.009375, steps=30)
     history = tuner.fit((images, labels))
     printed = capsys.readouterr().out
     assert "BiT-HyperRule" in printed and "64 examples of 12x12 px" in printed
@@ -76,7 +89,7 @@ def test_batch_split_gives_the_updates_of_the_whole_batch_with_mixup_on():
     finals = []
     for split in (1, 4):
         # dataset_size >= 20k turns mixup on; it must mix the whole batch, not each micro-batch.
-        tuner = tuner_for(batch_size=8, batch_split=split, steps=4, base_lr=3.0, dataset_size=20_000, image_size=(12, 12))
+        tuner = tuner_for(batch_size=8, batch_split=split, steps=4, base_lr=0.046875, dataset_size=20_000, image_size=(12, 12))
         assert tuner.mixup_alpha > 0
         tuner.fit((images, labels), verbose=0)
         assert int(keras.ops.convert_to_numpy(tuner.model.optimizer.iterations)) == 4  # updates, not micro-steps
@@ -98,7 +111,7 @@ def test_xla_for_long_single_device_runs_and_the_same_updates_as_without():
     images, labels = colour_task(32)
     finals = []
     for jit_compile in (True, False):
-        tuner = tuner_for(batch_size=8, batch_split=2, steps=3, base_lr=0.3, jit_compile=jit_compile)
+        tuner = tuner_for(batch_size=8, batch_split=2, steps=3, base_lr=0.0046875, jit_compile=jit_compile)
         tuner.fit((images, labels), verbose=0)
         assert tuner.model.jit_compile is jit_compile
         finals.append(tuner.model.get_weights())
@@ -212,11 +225,11 @@ def test_a_backup_of_other_arguments_or_a_damaged_one_is_refused_by_name(tmp_pat
 
 def test_best_model_is_the_best_of_the_whole_run_across_a_resume(tmp_path):
     images, labels = colour_task(32)
-    tuner = tuner_for(checkpoint_dir=str(tmp_path), steps=10, base_lr=0.3)
+    tuner = tuner_for(checkpoint_dir=str(tmp_path), steps=10, base_lr=0.009375)
     with pytest.raises(KeyboardInterrupt):
         tuner.fit((images, labels), validation_data=(images, labels), callbacks=[_Interrupt()], verbose=0)
     first = tuner.model.history.history["val_accuracy"]
-    resumed = tuner_for(checkpoint_dir=str(tmp_path), steps=10, base_lr=0.3)
+    resumed = tuner_for(checkpoint_dir=str(tmp_path), steps=10, base_lr=0.009375)
     second = resumed.fit((images, labels), validation_data=(images, labels), verbose=0).history["val_accuracy"]
     with open(tmp_path / "backup" / backups(tmp_path)[-1] / "state.json") as f:
         assert json.load(f)["best"] == max(first[:3] + second)
@@ -252,7 +265,7 @@ def stage_of(layer_name):
 @pytest.mark.parametrize("freeze", ["head_only", "block2", "block4"])
 def test_freeze_from_a_chosen_depth(freeze):
     images, labels = colour_task(32)
-    tuner = tuner_for(freeze=freeze, steps=4, base_lr=0.3)
+    tuner = tuner_for(freeze=freeze, steps=4, base_lr=0.009375)
     frozen_stages = {"head_only": None, "block2": {"root", "block1", "block2"}, "block4": {"root", "block1", "block2", "block3", "block4"}}[freeze]
     for layer in tuner.model.layers:
         if not layer.weights:
@@ -272,6 +285,47 @@ def test_freeze_from_a_chosen_depth(freeze):
     assert any(
         not np.array_equal(a, b) for a, b in zip(before["head"], tuner.model.get_layer("head").get_weights())
     )
+
+
+def test_freeze_is_a_setting_of_each_run_not_a_one_way_change():
+    images, labels = colour_task(32)
+    first = tuner_for(freeze="block4", steps=2, base_lr=0.009375)
+    first.fit((images, labels), verbose=0)
+    start = first.model.get_weights()
+
+    def changed_stages(tuner):
+        before = {layer.name: layer.get_weights() for layer in tuner.model.layers if layer.weights}
+        tuner.fit((images, labels), verbose=0)
+        return {
+            stage_of(layer.name)
+            for layer in tuner.model.layers
+            if layer.weights and any(not np.array_equal(a, b) for a, b in zip(before[layer.name], layer.get_weights()))
+        }
+
+    second = BiTFineTuner(first.model, batch_size=16, steps=2, sizes=(40, 32), seed=0, base_lr=0.009375)  # freeze=None
+    assert all(layer.trainable for layer in second.model.layers)
+    assert {"root", "block1", "block4"} <= changed_stages(second)
+    second.freeze = "block2"
+    second.restart(start, seed=0)
+    changed = changed_stages(second)
+    assert not changed & {"root", "block1", "block2"} and "block3" in changed
+    second.freeze = None
+    second.restart(start, seed=0)
+    assert "root" in changed_stages(second)
+    with pytest.raises(ValueError, match="freeze must be"):
+        second.freeze = "block5"
+
+
+def test_a_resume_refuses_every_changed_argument(tmp_path):
+    images, labels = colour_task(16)
+    settings = dict(checkpoint_dir=str(tmp_path), steps=2, backup_every=1, base_lr=0.009375)
+    tuner_for(**settings).fit((images, labels), verbose=0)
+    changes = {"base_lr": 0.01, "freeze": "block1", "flip": False, "random_crop": False, "batch_split": 2, "rule": "official"}
+    for name, value in changes.items():
+        with pytest.raises(ValueError, match=f"another run: {name}="):
+            tuner_for(**{**settings, name: value}).fit((images, labels), verbose=0)
+    with pytest.warns(UserWarning, match="holds a finished run"):  # the same arguments: nothing to resume
+        tuner_for(**settings).fit((images, labels), verbose=0)
 
 
 def test_bad_arguments_are_refused():

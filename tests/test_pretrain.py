@@ -19,6 +19,13 @@ def recipe_lr(step, total, batch_size):
     return peak * 0.1 ** sum(step > round(total * epoch / 90) for epoch in (30, 60, 80))
 
 
+@pytest.mark.parametrize("base_lr,peak", [(None, 0.03 * 64 / 256), (0.1, 0.1)])
+def test_base_lr_is_the_peak_as_given_and_the_recipe_scales_its_own(base_lr, peak):
+    schedule = pretrain.upstream_schedule(6_400, batch_size=64, base_lr=base_lr, epochs=9)
+    assert schedule.peak_lr == pytest.approx(peak)
+    assert ("(base_lr, as given)" if base_lr else "(0.03 x 64/256)") in str(schedule)
+
+
 def test_learning_rate_and_weight_decay_follow_the_recipe_at_every_step():
     for dataset_size, batch_size, epochs in ((1_281_167, 4096, 90), (50_000, 256, 9), (900, 64, 20)):
         schedule = pretrain.upstream_schedule(dataset_size, batch_size, epochs=epochs)
@@ -26,7 +33,7 @@ def test_learning_rate_and_weight_decay_follow_the_recipe_at_every_step():
         got = keras.ops.convert_to_numpy(schedule.learning_rate()(keras.ops.convert_to_tensor(steps)))
         expected = [recipe_lr(s, schedule.total_steps, batch_size) for s in steps]
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-12)
-    pretrainer = bit_keras.BiTPretrainer(TINY, num_classes=2, batch_size=8, steps=1, image_size=32, base_lr=0.5)
+    pretrainer = bit_keras.BiTPretrainer(TINY, num_classes=2, batch_size=8, steps=1, image_size=32, base_lr=0.015625)
     images, labels = colour_task(16)
     pretrainer.fit((images, labels), verbose=0)
     optimizer = pretrainer.model.optimizer
@@ -42,7 +49,7 @@ def test_learning_rate_and_weight_decay_follow_the_recipe_at_every_step():
 
 def test_a_short_run_learns_and_returns_a_bit_model(tmp_path):
     images, labels = colour_task(64)
-    pretrainer = bit_keras.BiTPretrainer(TINY, batch_size=16, steps=20, image_size=32, base_lr=1.0, seed=0)
+    pretrainer = bit_keras.BiTPretrainer(TINY, batch_size=16, steps=20, image_size=32, base_lr=0.0625, seed=0)
     history = pretrainer.fit((images, labels), verbose=0)
     assert pretrainer.model.output.shape == (None, 2)  # the head follows the data
     assert history.history["accuracy"][-1] > 0.8
@@ -58,7 +65,7 @@ class _Interrupt(keras.callbacks.Callback):
 
 def test_resumes_after_an_interruption_to_the_uninterrupted_weights(tmp_path):
     images, labels = colour_task(32)
-    options = dict(num_classes=2, batch_size=8, steps=8, image_size=32, base_lr=0.5, seed=1, backup_every=2)
+    options = dict(num_classes=2, batch_size=8, steps=8, image_size=32, base_lr=0.015625, seed=1, backup_every=2)
     uninterrupted = bit_keras.BiTPretrainer(TINY, **options)
     uninterrupted.fit((images, labels), verbose=0)
     interrupted = bit_keras.BiTPretrainer(TINY, checkpoint_dir=tmp_path, **options)
@@ -77,3 +84,24 @@ def test_under_a_mirrored_strategy_on_two_cpus_it_matches_one_device(tmp_path):
     finish(one)
     assert "replicas 2" in finish(two)
     assert_same_training(weights(tmp_path / "two.npz"), weights(tmp_path / "one.npz"))
+
+
+def test_a_resume_refuses_changed_recipe_arguments(tmp_path):
+    images, labels = colour_task(16)
+    settings = dict(num_classes=2, batch_size=8, steps=2, image_size=32, seed=1, backup_every=1, checkpoint_dir=str(tmp_path))
+    bit_keras.BiTPretrainer(TINY, **settings).fit((images, labels), verbose=0)
+    for name, value in {"weight_decay": 0.0, "loss": "softmax", "flip": False, "base_lr": 0.1}.items():
+        with pytest.raises(ValueError, match=f"another run: {name}="):
+            bit_keras.BiTPretrainer(TINY, **settings, **{name: value}).fit((images, labels), verbose=0)
+
+
+def test_upstream_loss_is_sigmoid_cross_entropy_summed_over_classes():
+    pretrainer = bit_keras.BiTPretrainer(TINY, num_classes=3, batch_size=8, steps=1, image_size=32)
+    assert pretrainer.loss == "sigmoid"
+    logits = np.array([[2.0, -1.0, 0.5]], "float32")
+    labels = np.array([[0.0, 1.0, 1.0]], "float32")
+    expected = np.sum(np.log1p(np.exp(-logits)) * labels + np.log1p(np.exp(logits)) * (1 - labels))
+    got = float(keras.ops.convert_to_numpy(bit_keras.training.loss_function("sigmoid")(labels, logits)))
+    assert got == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        bit_keras.BiTPretrainer(TINY, loss="hinge")

@@ -17,6 +17,7 @@ import secrets
 import shutil
 import socket
 
+import keras
 import numpy as np
 
 from bit_keras.checkpoints.mapping import HEAD_BIAS, HEAD_KERNEL, from_official, model_state
@@ -152,6 +153,17 @@ def atomic_folder(path, overwrite=False):
 
 
 def _state_to_write(model, writer):
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"{writer} takes a keras.Model built by bit_keras.BiT, got {type(model).__name__}: {model!r:.80}.")
+    top_level = {layer.name for layer in model.layers}
+    nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model) and "root_conv" not in top_level]
+    if nested:
+        others = sorted(top_level - set(nested))
+        raise ValueError(
+            f"{writer}: model {model.name!r} wraps a BiT model ({', '.join(nested)}); its own layers "
+            f"({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}) have no place in the BiT layout and would be "
+            f"dropped. Save the BiT model itself: {writer}(model.get_layer({nested[0]!r}), ...)."
+        )
     state = model_state(model)
     if not state:
         raise ValueError(
@@ -228,7 +240,12 @@ def transformers_config(state, class_names=None):
         raise ValueError("The model's weights are not a BiT layout; nothing to describe in config.json.")
     classes = int(state[HEAD_BIAS].shape[0]) if HEAD_BIAS in state else 0
     if class_names is not None:
-        class_names = [str(name) for name in class_names]
+        if isinstance(class_names, (str, bytes)) or not all(isinstance(name, str) for name in class_names):
+            raise ValueError(
+                f"class_names must be a list of strings, one per class, got {class_names!r:.80}. "
+                f"Pass e.g. class_names=['cat', 'dog']."
+            )
+        class_names = list(class_names)
         if len(class_names) != classes:
             raise ValueError(f"class_names has {len(class_names)} names but the head has {classes} classes.")
     config = {

@@ -1,0 +1,62 @@
+"""The one place that checks what users pass: each check names the argument and says what it takes.
+
+Integers of any kind (Python's, NumPy's) are accepted where a count is
+expected; floats and booleans are not, so `steps=1.5` or `batch_size=True`
+fail here rather than being truncated or read as 1.
+
+>>> positive_int("steps", np.int64(3))
+3
+>>> positive_int("steps", 1.5)
+Traceback (most recent call last):
+...
+ValueError: steps must be a positive integer, got 1.5.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def positive_int(name, value):
+    """`value` as an int, or a ValueError naming `name`."""
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def non_negative_int(name, value):
+    """`value` as an int >= 0 (seeds), or a ValueError naming `name`."""
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
+    return int(value)
+
+
+def positive_float(name, value):
+    """`value` as a finite float > 0, or a ValueError naming `name`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    return float(value)
+
+
+def flag(name, value):
+    """`value` as a bool: True or False only (not the string "False", not 0)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def sizes(value, name="sizes"):
+    """(resize, crop): two positive integers with crop <= resize."""
+    try:
+        resize, crop = value
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be (resize, crop), two positive integers such as (160, 128); got {value!r}.") from None
+    resize, crop = positive_int(f"{name}[0] (resize)", resize), positive_int(f"{name}[1] (crop)", crop)
+    if crop > resize:
+        raise ValueError(f"{name}: the crop ({crop}) must not exceed the resize ({resize}); the crop is taken from the resized image.")
+    return resize, crop
