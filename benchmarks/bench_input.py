@@ -4,9 +4,9 @@ Writes a folder of JPEGs the size of typical ILSVRC photos (500x375 by
 default), then measures:
 
 1. `data.from_folder` start-up: the seconds before the first batch can be
-   asked for, against a full decode of every file (what start-up used to do,
-   one file after another), in ms per file and extrapolated to ILSVRC-2012's
-   1.28M images.
+   asked for, against a full decode of every file one after another (what
+   a start-up that checks every file would cost), in ms per file and
+   extrapolated to ILSVRC-2012's 1.28M images.
 2. Images per second of `data.train_pipeline` (decode JPEG, resize, random
    crop, flip, mixup, batch, prefetch) at the HyperRule's small (160 -> 128)
    and large (448 -> 384, official 512 -> 480) resolutions, with tf.data held
@@ -92,12 +92,23 @@ def main():
         startup = time.perf_counter() - start
         paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)[: args.decode_sample]
         decode = full_decode_seconds(paths) / len(paths)
-        print(f"\nfrom_folder start-up on {source.num_examples} files: {startup:.2f} s ({startup / args.files * 1e3:.3f} ms/file)")
-        print(f"  a full decode of every file (the old start-up): {decode * 1e3:.2f} ms/file, "
-              f"{decode * args.files:.1f} s here, {decode * ILSVRC_TRAIN_IMAGES / 60:.0f} min for ILSVRC-2012's 1.28M images on one core")
+        print(
+            f"\nfrom_folder start-up on {source.num_examples} files: {startup:.2f} s ({startup / args.files * 1e3:.3f} ms/file)"
+        )
+        print(
+            f"  a full decode of every file (the old start-up): {decode * 1e3:.2f} ms/file, "
+            f"{decode * args.files:.1f} s here, {decode * ILSVRC_TRAIN_IMAGES / 60:.0f} min for ILSVRC-2012's 1.28M images on one core"
+        )
         print(f"  header check extrapolated to 1.28M files: {startup / args.files * ILSVRC_TRAIN_IMAGES:.0f} s")
-        lines.append(dict(kind="startup", files=args.files, seconds=round(startup, 3), ms_per_file=round(startup / args.files * 1e3, 4),
-                          full_decode_ms_per_file=round(decode * 1e3, 3)))
+        lines.append(
+            dict(
+                kind="startup",
+                files=args.files,
+                seconds=round(startup, 3),
+                ms_per_file=round(startup / args.files * 1e3, 4),
+                full_decode_ms_per_file=round(decode * 1e3, 3),
+            )
+        )
 
         print(f"\ntrain_pipeline (decode, resize, crop, flip, mixup 0.1, batch {args.batch_size}, prefetch), {cores} cores:")
         print(f"{'resize -> crop':>16} {'img/s, 1 thread':>16} {'img/s, all cores':>17}")
@@ -105,8 +116,17 @@ def main():
             one = pipeline_images_per_second(source, resize, crop, args.batch_size, args.batches, threads=1)
             every = pipeline_images_per_second(source, resize, crop, args.batch_size, args.batches, threads=None)
             print(f"{f'{resize} -> {crop}':>16} {one:>16.1f} {every:>17.1f}")
-            lines.append(dict(kind="pipeline", resize=resize, crop=crop, batch_size=args.batch_size,
-                              images_per_s_per_core=round(one, 2), images_per_s_all_cores=round(every, 2), cores=cores))
+            lines.append(
+                dict(
+                    kind="pipeline",
+                    resize=resize,
+                    crop=crop,
+                    batch_size=args.batch_size,
+                    images_per_s_per_core=round(one, 2),
+                    images_per_s_all_cores=round(every, 2),
+                    cores=cores,
+                )
+            )
     print()
     for line in lines:
         print(json.dumps(line))

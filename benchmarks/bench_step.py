@@ -293,7 +293,7 @@ def _timm_steps(args, options):
     device = "cuda" if args.setting.startswith("gpu") and torch.cuda.is_available() else "cpu"
     model = _timm_model(timm, args.variant, args.num_classes).to(device, memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(0)
-    x = (torch.rand(args.batch_size, 3, args.image_size, args.image_size, generator=generator) * 2 - 1)
+    x = torch.rand(args.batch_size, 3, args.image_size, args.image_size, generator=generator) * 2 - 1
     x = x.to(device, memory_format=torch.channels_last)
     import numpy as np
 
@@ -411,7 +411,10 @@ class _Worker:
             self.stop(keep_log=True)
             self.log.seek(0)
             tail = self.log.read()[-1500:]
-            return {"status": "failed", "reason": f"no answer within {timeout:.0f}s or the process ended; log {self.log.name}:\n{tail}"}
+            return {
+                "status": "failed",
+                "reason": f"no answer within {timeout:.0f}s or the process ended; log {self.log.name}:\n{tail}",
+            }
         return message
 
     def ask(self, command, timeout):
@@ -453,7 +456,13 @@ def coordinate(args, passthrough):
     unknown = [n for n in names if n not in CONTENDERS]
     if unknown:
         sys.exit(f"Unknown contenders {unknown}; choose from {', '.join(CONTENDERS)}.")
-    header = dict(setting=args.setting, precision=args.precision, variant=args.variant, batch_size=args.batch_size, image_size=args.image_size)
+    header = dict(
+        setting=args.setting,
+        precision=args.precision,
+        variant=args.variant,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+    )
     print(
         f"bench_step: {args.variant}, {args.setting} setting, batch {args.batch_size} at {args.image_size} px, "
         f"{args.precision}, {args.repeats} repeats, python {sys.version.split()[0]}",
@@ -468,7 +477,10 @@ def coordinate(args, passthrough):
             workers[name] = worker_
             descriptions[name] = message["description"]
             forward_gflop = forward_gflop or message.get("forward_gflop")
-            print(f"  ready  {name:<24} {message['description']} (setup {message['setup_s']}s, warm-up {message['warmup_s']}s)", flush=True)
+            print(
+                f"  ready  {name:<24} {message['description']} (setup {message['setup_s']}s, warm-up {message['warmup_s']}s)",
+                flush=True,
+            )
         else:
             worker_.stop()
             absent[name] = message["reason"]
@@ -492,9 +504,15 @@ def coordinate(args, passthrough):
                 seconds = message["seconds_per_step"]
                 json_lines.append(
                     dict(
-                        kind="measurement", contender=name, mode=mode, repeat=repeat, **header,
-                        ms_per_step=round(seconds * 1e3, 3), images_per_s=round(args.batch_size / seconds, 3),
-                        steps=message["steps"], peak_memory_mb=round(message["peak_memory_mb"], 1),
+                        kind="measurement",
+                        contender=name,
+                        mode=mode,
+                        repeat=repeat,
+                        **header,
+                        ms_per_step=round(seconds * 1e3, 3),
+                        images_per_s=round(args.batch_size / seconds, 3),
+                        steps=message["steps"],
+                        peak_memory_mb=round(message["peak_memory_mb"], 1),
                         memory_kind=message["memory_kind"],
                     )
                 )
@@ -509,8 +527,10 @@ def coordinate(args, passthrough):
         peers = [(speed(p, mode), p) for p in PEERS if speed(p, mode)]
         best_peer[mode] = max(peers) if peers else (None, None)
     print()
-    print(f"{'contender':<24} {'infer img/s':>11} {'ms/step':>8} {'train img/s':>11} {'ms/step':>8} {'peak MB':>8}  "
-          f"{'vs best peer':>14} {'vs timm eager':>14} {'vs timm comp.':>14}")
+    print(
+        f"{'contender':<24} {'infer img/s':>11} {'ms/step':>8} {'train img/s':>11} {'ms/step':>8} {'peak MB':>8}  "
+        f"{'vs best peer':>14} {'vs timm eager':>14} {'vs timm comp.':>14}"
+    )
     for name in names:
         if name not in rows:
             print(f"{name:<24} absent: {absent.get(name, '').splitlines()[0] if absent.get(name) else ''}")
@@ -520,28 +540,43 @@ def coordinate(args, passthrough):
         for mode in MODES:
             value = speed(name, mode)
             cells.append(f"{value:>11.2f} {rows[name][mode] * 1e3:>8.1f}" if value else f"{'-':>11} {'-':>8}")
-            for peer_key, peer_name in (("best_peer", best_peer[mode][1]), ("timm_eager", "timm/eager"), ("timm_compile", "timm/compile")):
+            for peer_key, peer_name in (
+                ("best_peer", best_peer[mode][1]),
+                ("timm_eager", "timm/eager"),
+                ("timm_compile", "timm/compile"),
+            ):
                 peer = speed(peer_name, mode) if peer_name else None
                 ratios[(peer_key, mode)] = value / peer if value and peer and name.startswith("bit_keras") else None
-        fmt = lambda key: "/".join(f"{ratios[(key, m)]:.2f}x" if ratios[(key, m)] else "-" for m in MODES)
+        fmt = lambda key, ratios=ratios: "/".join(f"{ratios[(key, m)]:.2f}x" if ratios[(key, m)] else "-" for m in MODES)
         memory = f"{rows[name]['memory']:>8.0f}" if rows[name]["memory"] else f"{'-':>8}"
-        print(f"{name:<24} {cells[0]} {cells[1]} {memory}  {fmt('best_peer'):>14} {fmt('timm_eager'):>14} {fmt('timm_compile'):>14}")
+        print(
+            f"{name:<24} {cells[0]} {cells[1]} {memory}  {fmt('best_peer'):>14} {fmt('timm_eager'):>14} {fmt('timm_compile'):>14}"
+        )
         for mode in MODES:
             if mode in rows[name]:
                 seconds = rows[name][mode]
                 json_lines.append(
                     dict(
-                        kind="median", contender=name, mode=mode, **header, repeats=len(results[name][mode]),
-                        ms_per_step=round(seconds * 1e3, 3), images_per_s=round(args.batch_size / seconds, 3),
-                        peak_memory_mb=round(rows[name]["memory"], 1), memory_kind=rows[name]["memory_kind"],
-                        ratio_to_best_peer=_round(ratios[("best_peer", mode)]), best_peer=best_peer[mode][1],
+                        kind="median",
+                        contender=name,
+                        mode=mode,
+                        **header,
+                        repeats=len(results[name][mode]),
+                        ms_per_step=round(seconds * 1e3, 3),
+                        images_per_s=round(args.batch_size / seconds, 3),
+                        peak_memory_mb=round(rows[name]["memory"], 1),
+                        memory_kind=rows[name]["memory_kind"],
+                        ratio_to_best_peer=_round(ratios[("best_peer", mode)]),
+                        best_peer=best_peer[mode][1],
                         ratio_to_timm_eager=_round(ratios[("timm_eager", mode)]),
                         ratio_to_timm_compile=_round(ratios[("timm_compile", mode)]),
                         description=descriptions.get(name, ""),
                     )
                 )
-    print("(ratios: infer/train images per second of a bit_keras path over the peer's; peak MB: "
-          f"{'device peak' if any(r['memory_kind'] == 'device' for r in rows.values()) else 'process peak RSS'})")
+    print(
+        "(ratios: infer/train images per second of a bit_keras path over the peer's; peak MB: "
+        f"{'device peak' if any(r['memory_kind'] == 'device' for r in rows.values()) else 'process peak RSS'})"
+    )
     if args.setting == "cpu" and args.precision == "float32" and forward_gflop:
         ceiling = _ceiling(forward_gflop)
         print(
@@ -604,9 +639,15 @@ def main(argv=None):
     if args.worker:
         return worker(args)
     passthrough = [
-        f"--setting={args.setting}", f"--precision={args.precision}", f"--variant={args.variant}",
-        f"--batch_size={args.batch_size}", f"--image_size={args.image_size}", f"--num_classes={args.num_classes}",
-        f"--warmup={args.warmup}", f"--steps={args.steps}", f"--min_seconds={args.min_seconds}",
+        f"--setting={args.setting}",
+        f"--precision={args.precision}",
+        f"--variant={args.variant}",
+        f"--batch_size={args.batch_size}",
+        f"--image_size={args.image_size}",
+        f"--num_classes={args.num_classes}",
+        f"--warmup={args.warmup}",
+        f"--steps={args.steps}",
+        f"--min_seconds={args.min_seconds}",
     ]
     return coordinate(args, passthrough)
 

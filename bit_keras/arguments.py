@@ -58,5 +58,7 @@ def sizes(value, name="sizes"):
         raise ValueError(f"{name} must be (resize, crop), two positive integers such as (160, 128); got {value!r}.") from None
     resize, crop = positive_int(f"{name}[0] (resize)", resize), positive_int(f"{name}[1] (crop)", crop)
     if crop > resize:
-        raise ValueError(f"{name}: the crop ({crop}) must not exceed the resize ({resize}); the crop is taken from the resized image.")
+        raise ValueError(
+            f"{name}: the crop ({crop}) must not exceed the resize ({resize}); the crop is taken from the resized image."
+        )
     return resize, crop

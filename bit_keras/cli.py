@@ -46,9 +46,8 @@ def main(argv=None):
 
 def build_parser():
     """The parser of `bit-keras` and its sub-commands."""
-    from hub_export import __main__ as hub_export_cli
-
     from bit_keras import demo
+    from hub_export import __main__ as hub_export_cli
 
     parser = argparse.ArgumentParser(prog="bit-keras", description="Big Transfer (BiT) for Keras 3: " + __doc__.splitlines()[0])
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -60,25 +59,33 @@ def build_parser():
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(run=demo.run)
 
-    finetune_parser = commands.add_parser("finetune", help="fine-tune with the BiT-HyperRule on a TFDS dataset or an image folder")
+    finetune_parser = commands.add_parser(
+        "finetune", help="fine-tune with the BiT-HyperRule on a TFDS dataset or an image folder"
+    )
     add_data_flags(finetune_parser)
     finetune_parser.add_argument("--examples_per_class", type=int, help="few-shot: train on k examples per class")
     add_model_flags(finetune_parser, default_variant="BiT-M-R50x1", default_batch_size=512, lr_rule="0.003 x batch/512")
     finetune_parser.add_argument("--steps", type=int, help="override the HyperRule's number of steps (quick runs)")
     finetune_parser.add_argument("--sizes", type=_sizes, help="override the HyperRule's resize,crop (quick runs), e.g. 40,32")
     finetune_parser.add_argument(
-        "--flip", action=argparse.BooleanOptionalAction, default=True,
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="random left-right flips (on, as the official code); --no-flip where a mirror image changes the label",
     )
     finetune_parser.add_argument(
-        "--random_crop", action=argparse.BooleanOptionalAction, default=True,
+        "--random_crop",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="random crops of the resized image (on, as the official code); --no-random_crop resizes to the crop size",
     )
     add_training_flags(finetune_parser)
     add_output_flags(finetune_parser)
     finetune_parser.set_defaults(run=run_finetune)
 
-    pretrain_parser = commands.add_parser("pretrain", help="pre-train upstream with the BiT-S/M recipe on a TFDS dataset or an image folder")
+    pretrain_parser = commands.add_parser(
+        "pretrain", help="pre-train upstream with the BiT-S/M recipe on a TFDS dataset or an image folder"
+    )
     add_data_flags(pretrain_parser)
     add_model_flags(
         pretrain_parser,
@@ -87,7 +94,9 @@ def build_parser():
         lr_rule="0.03 x batch/256",
         weights_help="'none' (fresh weights, the default) or weights to start from: a file or a SavedModel folder",
     )
-    pretrain_parser.add_argument("--weight_decay", type=float, default=1e-4, help="L2 weight decay added to the gradient (the recipe's is 1e-4)")
+    pretrain_parser.add_argument(
+        "--weight_decay", type=float, default=1e-4, help="L2 weight decay added to the gradient (the recipe's is 1e-4)"
+    )
     pretrain_parser.add_argument("--epochs", type=int, default=90, help="epochs; LR decays at 30/60/80 of 90 scale with them")
     pretrain_parser.add_argument("--steps", type=int, help="override --epochs with a number of steps (quick runs)")
     pretrain_parser.add_argument("--image_size", type=int, default=224, help="training resolution (the recipe's is 224)")
@@ -96,7 +105,9 @@ def build_parser():
     add_output_flags(pretrain_parser)
     pretrain_parser.set_defaults(run=run_pretrain)
 
-    export_parser = commands.add_parser("export", help="write a BiT model as a TF-Hub-format SavedModel (as python -m hub_export)")
+    export_parser = commands.add_parser(
+        "export", help="write a BiT model as a TF-Hub-format SavedModel (as python -m hub_export)"
+    )
     hub_export_cli.add_arguments(export_parser)
     export_parser.set_defaults(run=lambda args: hub_export_cli.run(hub_export_cli.check_args(export_parser, args)))
     return parser
@@ -116,7 +127,9 @@ def add_data_flags(parser):
 
 
 def add_model_flags(parser, *, default_variant, default_batch_size, lr_rule, weights_help=None):
-    parser.add_argument("--variant", default=default_variant, help="e.g. BiT-M-R50x1, or R{u1}-{u2}-{u3}-{u4}x{width} for a custom size")
+    parser.add_argument(
+        "--variant", default=default_variant, help="e.g. BiT-M-R50x1, or R{u1}-{u2}-{u3}-{u4}x{width} for a custom size"
+    )
     parser.add_argument(
         "--weights",
         default="release" if weights_help is None else "none",
@@ -124,7 +137,8 @@ def add_model_flags(parser, *, default_variant, default_batch_size, lr_rule, wei
     )
     parser.add_argument("--batch_size", type=int, default=default_batch_size, help="global batch of one update")
     parser.add_argument(
-        "--base_lr", type=float,
+        "--base_lr",
+        type=float,
         help=f"the peak learning rate, used as given at any batch (as the official --base_lr); by default the recipe's {lr_rule}",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (weights, data order, augmentation, few-shot draw)")
@@ -134,7 +148,9 @@ def add_training_flags(parser):
     """Flags of the training engine; the examples/ scripts take them too."""
     parser.add_argument("--batch_split", type=int, default=1, help="accumulate gradients over this many micro-batches")
     parser.add_argument("--mixed_precision", choices=MIXED_PRECISION, help="train in bfloat16 (TPU, recent GPUs) or float16")
-    parser.add_argument("--strategy", choices=STRATEGIES, help="tf.distribute strategy; when unset, one device, or the TPU that --tpu names")
+    parser.add_argument(
+        "--strategy", choices=STRATEGIES, help="tf.distribute strategy; when unset, one device, or the TPU that --tpu names"
+    )
     parser.add_argument("--tpu", help="TPU name or address for --strategy tpu (empty on a TPU VM)")
     parser.add_argument("--checkpoint_dir", help="back up here to resume after an interruption; keeps the best model")
 
@@ -142,6 +158,28 @@ def add_training_flags(parser):
 def add_output_flags(parser):
     parser.add_argument("--save", help="write the trained model: a .keras file, or .npz in the official layout")
     parser.add_argument("--export_dir", help="write the trained model as a TF-Hub-format SavedModel folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --save file or --export_dir folder")
+
+
+def check_outputs(args):
+    """Refuses, before any training, the outputs that could not be written after it."""
+    import os
+
+    outputs = []
+    if args.save:
+        if not args.save.endswith((".keras", ".npz")):
+            raise ValueError(f"--save {args.save}: use a .keras file, or .npz for the official checkpoint layout.")
+        outputs.append(("--save", args.save))
+    if args.export_dir:
+        outputs.append(("--export_dir", args.export_dir))
+    for flag, path in outputs:
+        if os.path.lexists(path) and not args.overwrite:
+            raise FileExistsError(f"{flag} {path} already exists; pass --overwrite to replace it, or choose another path.")
+        folder = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(folder):  # the writer creates missing folders: the nearest existing one must take them
+            folder = os.path.dirname(folder)
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag} {path}: {folder} is not a writable folder. Choose a path in a writable folder.")
 
 
 def strategy_options(args):
@@ -165,6 +203,7 @@ def run_finetune(args):
     import bit_keras
     from bit_keras import finetune, tasks
 
+    check_outputs(args)
     variant = bit_keras.get_variant(args.variant)
     weights = weights_option(args.weights)
     if weights == "release":  # refused before any data is read
@@ -202,6 +241,7 @@ def run_pretrain(args):
     import bit_keras
     from bit_keras import tasks
 
+    check_outputs(args)
     task = tasks.load(args.dataset, data_dir=args.tfds_data_dir, seed=args.seed)
     print(
         f"[data] {task.name}: {task.train.num_examples} training ({task.splits[0]}) and {task.validation.num_examples} "
@@ -255,17 +295,13 @@ def write_outputs(model, args):
     import bit_keras
 
     if args.save:
-        if args.save.endswith(".npz"):
-            bit_keras.save_official(model, args.save)
-        elif args.save.endswith(".keras"):
-            model.save(args.save)
-        else:
-            raise ValueError(f"--save {args.save}: use a .keras file, or .npz for the official checkpoint layout.")
+        save = bit_keras.save_official if args.save.endswith(".npz") else bit_keras.checkpoints.save_keras
+        save(model, args.save, overwrite=args.overwrite)
         print(f"[save] wrote {args.save}")
     if args.export_dir:
         import hub_export
 
-        hub_export.export(model, args.export_dir, flavor="classification")
+        hub_export.export(model, args.export_dir, flavor="classification", overwrite=args.overwrite)
         print(f"[export] wrote the TF-Hub-format SavedModel {args.export_dir} (images in [0, 1])")
 
 

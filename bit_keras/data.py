@@ -334,16 +334,12 @@ def few_shot(source, examples_per_class, seed=0):
         keep[rng.choice(members, min(examples_per_class, len(members)), replace=False)] = True
     if short:
         warnings.warn(
-            f"few_shot: {len(short)} class(es) have fewer than {examples_per_class} examples "
-            f"and were taken whole: {short}.",
+            f"few_shot: {len(short)} class(es) have fewer than {examples_per_class} examples and were taken whole: {short}.",
             stacklevel=2,
         )
     keep_by_index = tf.constant(keep)
     dataset = (
-        source.dataset.enumerate()
-        .filter(lambda index, example: keep_by_index[index])
-        .map(lambda index, example: example)
-        .cache()
+        source.dataset.enumerate().filter(lambda index, example: keep_by_index[index]).map(lambda index, example: example).cache()
     )
     return Source(dataset, int(keep.sum()), source.num_classes, source.class_names)
 
@@ -593,9 +589,7 @@ def _as_uint8_rgb(images):
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(
-            f"images must be (N, H, W, 3) RGB or (N, H, W) grayscale, got shape {images.shape}."
-        )
+        raise ValueError(f"images must be (N, H, W, 3) RGB or (N, H, W) grayscale, got shape {images.shape}.")
     if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
         raise ValueError(f"images must be integers or floats in [0, 255], got dtype {images.dtype}.")
     if images.dtype != np.uint8 and images.size:
@@ -638,9 +632,7 @@ def _normalized_extensions(extensions):
     except TypeError:
         extensions = [extensions]
     if not extensions or not all(isinstance(e, str) and e.strip(". ") for e in extensions):
-        raise ValueError(
-            f"extensions must be a file ending such as '.png' or a sequence of them, got {extensions!r}."
-        )
+        raise ValueError(f"extensions must be a file ending such as '.png' or a sequence of them, got {extensions!r}.")
     return tuple(dict.fromkeys(e.strip().lstrip(".").lower() for e in extensions))
 
 
@@ -782,7 +774,10 @@ def _checked_labels(labels, num_classes):
         f"the Source (and the model's head) num_classes greater than the largest label."
     )
     with tf.control_dependencies(
-        [tf.debugging.assert_non_negative(labels, message=message), tf.debugging.assert_less(labels, tf.cast(num_classes, labels.dtype), message=message)]
+        [
+            tf.debugging.assert_non_negative(labels, message=message),
+            tf.debugging.assert_less(labels, tf.cast(num_classes, labels.dtype), message=message),
+        ]
     ):
         return tf.identity(labels)
 

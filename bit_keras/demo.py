@@ -45,12 +45,13 @@ import io
 import json
 import math
 import os
+import tempfile
 import time
 
 import numpy as np
 
 import bit_keras
-from bit_keras import data
+from bit_keras import checkpoints, data
 
 VARIANT = bit_keras.Variant(units=(1, 1, 1, 1), width=1)  # "R1-1-1-1x1": 8M parameters
 UPSTREAM_DIGITS = (0, 1, 2, 3, 4)
@@ -117,7 +118,15 @@ class Recipe:
 
     def upstream(self):
         """What the cached upstream model depends on."""
-        keys = ("upstream_steps", "upstream_batch_size", "upstream_peak_lr", "upstream_crop_area", "upstream_loss", "image_size", "flip")
+        keys = (
+            "upstream_steps",
+            "upstream_batch_size",
+            "upstream_peak_lr",
+            "upstream_crop_area",
+            "upstream_loss",
+            "image_size",
+            "flip",
+        )
         record = {"variant": VARIANT.name, **{key: getattr(self, key) for key in keys}}
         return json.loads(json.dumps(record))  # as upstream.json reads back: tuples become lists
 
@@ -272,7 +281,12 @@ def compare(upstream_folder, train, test, recipe):
         f"examples per class x {recipe.seeds} seed(s): {2 * len(runs)} BiTFineTuner runs (transfer and scratch) "
         f"and {len(runs)} linear probes"
     )
-    transfer_start = bit_keras.BiT(VARIANT, weights=upstream_folder, num_classes=train.num_classes).get_weights()
+    try:
+        transfer_start = bit_keras.BiT(VARIANT, weights=upstream_folder, num_classes=train.num_classes).get_weights()
+    except ValueError as error:
+        raise SystemExit(
+            f"error: the upstream model in {upstream_folder} does not load ({error}). Run again with --force_upstream."
+        ) from None
     probe = LinearProbe(upstream_folder, recipe.image_size)
     test_features = probe.features(test)
     tuners = {}
@@ -356,7 +370,8 @@ def plot(rows, path, full_size):
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
-    _atomic(path, lambda tmp: figure.savefig(tmp, format="png"))
+    with checkpoints.atomic_file(path, overwrite=True) as tmp:
+        figure.savefig(tmp, format="png")
     pyplot.close(figure)
 
 
@@ -377,8 +392,12 @@ def parse_shots(text):
 def add_arguments(parser):
     """The demo's flags, on `parser` (shared by `bit-keras demo` and examples/transfer_demo.py)."""
     defaults = Recipe()
-    parser.add_argument("--out", default="transfer_demo_out", help="folder for results.json, few_shot.png and the cached upstream model")
-    parser.add_argument("--force_upstream", action="store_true", help="pre-train again even if --out holds a cached upstream model")
+    parser.add_argument(
+        "--out", default="transfer_demo_out", help="folder for results.json, few_shot.png and the cached upstream model"
+    )
+    parser.add_argument(
+        "--force_upstream", action="store_true", help="pre-train again even if --out holds a cached upstream model"
+    )
     parser.add_argument("--seeds", type=int, default=defaults.seeds, help="fine-tuning seeds per k (fewer: faster, noisier)")
     parser.add_argument("--shots", type=parse_shots, default=defaults.shots, help="examples per class to try, e.g. 1,2,5,10,full")
     parser.add_argument("--upstream_steps", type=int, default=defaults.upstream_steps, help="pre-training steps")
@@ -407,7 +426,15 @@ def run(args):
             raise SystemExit(f"error: --{flag} must be a positive integer, got {getattr(args, flag)}.")
     start = time.time()
     recipe = Recipe(seeds=args.seeds, shots=args.shots, upstream_steps=args.upstream_steps, finetune_steps=args.finetune_steps)
-    os.makedirs(args.out, exist_ok=True)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise SystemExit(f"error: --out {args.out} is a file; give a folder (it is created if missing).")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        tempfile.TemporaryFile(dir=args.out).close()  # writable, before minutes of training
+    except OSError as error:
+        raise SystemExit(
+            f"error: --out {args.out} cannot be written ({error.strerror or error}); choose a writable folder."
+        ) from None
     upstream, train, test = digits()
     print(
         f"[data] scikit-learn digits: {upstream.num_examples} upstream images (0-4); "
@@ -438,22 +465,6 @@ def _read_json(path):
 
 
 def _write_json(path, value):
-    _atomic(path, lambda tmp: _dump(value, tmp))
-
-
-def _dump(value, path):
-    with open(path, "w") as file:
+    with checkpoints.atomic_file(path, overwrite=True) as tmp, open(tmp, "w") as file:
         json.dump(value, file, indent=2)
         file.write("\n")
-
-
-def _atomic(path, write):
-    """Writes through a temporary name beside `path`, then renames: never half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-

@@ -188,8 +188,8 @@ def _tf_strategy(spec, tpu):
         if not tf_config():
             raise ValueError(
                 "strategy='multi_worker' reads the cluster from the TF_CONFIG environment variable, which is not set. "
-                "On each host set TF_CONFIG='{\"cluster\": {\"worker\": [\"host1:port\", \"host2:port\"]}, "
-                "\"task\": {\"type\": \"worker\", \"index\": i}}' (see the README), or use strategy='mirrored' on one host."
+                'On each host set TF_CONFIG=\'{"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                '"task": {"type": "worker", "index": i}}\' (see the README), or use strategy=\'mirrored\' on one host.'
             )
         return _reduces_structures(tf.distribute.MultiWorkerMirroredStrategy())
     gpus = tf.config.list_logical_devices("GPU")

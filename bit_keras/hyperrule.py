@@ -84,24 +84,21 @@ class HyperRuleLearningRate(keras.optimizers.schedules.LearningRateSchedule):
 
     At step s: `peak_lr * s / warmup_steps` while s < warmup_steps, else
     `peak_lr * 0.1 ** (number of boundaries b with b < s)`, as the official
-    code computes it. Past `total_steps` the last value holds. With gradient
-    accumulation over n micro-batches (`steps_per_update=n`) the optimizer
-    counts micro-steps, so the step is `optimizer step // n`.
+    code computes it. Past `total_steps` the last value holds.
 
     >>> lr = HyperRuleLearningRate(0.003, 100, (200, 300, 400), 500)
     >>> [round(float(lr(s)), 7) for s in (0, 50, 100, 200, 201, 450)]
     [0.0, 0.0015, 0.003, 0.003, 0.0003, 3e-06]
     """
 
-    def __init__(self, peak_lr, warmup_steps, boundaries, total_steps, steps_per_update=1):
+    def __init__(self, peak_lr, warmup_steps, boundaries, total_steps):
         self.peak_lr = float(peak_lr)
-        self.steps_per_update = int(steps_per_update)
         self.warmup_steps = int(warmup_steps)
         self.boundaries = tuple(int(b) for b in boundaries)
         self.total_steps = int(total_steps)
 
     def __call__(self, step):
-        step = ops.cast(ops.floor_divide(step, self.steps_per_update), "float32")
+        step = ops.cast(step, "float32")
         decays = sum(ops.cast(step > boundary, "float32") for boundary in self.boundaries)
         decayed = self.peak_lr * ops.power(0.1, decays)
         if not self.warmup_steps:
@@ -115,7 +112,6 @@ class HyperRuleLearningRate(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_steps": self.warmup_steps,
             "boundaries": list(self.boundaries),
             "total_steps": self.total_steps,
-            "steps_per_update": self.steps_per_update,
         }
 
 
@@ -128,9 +124,7 @@ def scaled(steps, total_steps):
     Schedule(warmup_steps=10, boundaries=(20, 30, 40), total_steps=50)
     """
     ratio = total_steps / steps.total_steps
-    return Schedule(
-        round(steps.warmup_steps * ratio), tuple(round(b * ratio) for b in steps.boundaries), int(total_steps)
-    )
+    return Schedule(round(steps.warmup_steps * ratio), tuple(round(b * ratio) for b in steps.boundaries), int(total_steps))
 
 
 def peak_lr(batch_size=REFERENCE_BATCH_SIZE, base_lr=None):
@@ -142,7 +136,7 @@ def peak_lr(batch_size=REFERENCE_BATCH_SIZE, base_lr=None):
     return BASE_LR * batch_size / REFERENCE_BATCH_SIZE if base_lr is None else base_lr
 
 
-def learning_rate(dataset_size, batch_size=REFERENCE_BATCH_SIZE, base_lr=None, steps_per_update=1, total_steps=None):
+def learning_rate(dataset_size, batch_size=REFERENCE_BATCH_SIZE, base_lr=None, total_steps=None):
     """The HyperRule learning-rate schedule, peaking at `peak_lr(batch_size, base_lr)`.
 
     >>> round(float(learning_rate(50_000, batch_size=128)(500)), 8)
@@ -151,9 +145,7 @@ def learning_rate(dataset_size, batch_size=REFERENCE_BATCH_SIZE, base_lr=None, s
     steps = schedule(dataset_size)
     if total_steps is not None:
         steps = scaled(steps, total_steps)
-    return HyperRuleLearningRate(
-        peak_lr(batch_size, base_lr), steps.warmup_steps, steps.boundaries, steps.total_steps, steps_per_update
-    )
+    return HyperRuleLearningRate(peak_lr(batch_size, base_lr), steps.warmup_steps, steps.boundaries, steps.total_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,21 +211,27 @@ class HyperRule:
     def peak_lr(self):
         return peak_lr(self.batch_size, self.base_lr)
 
-    def learning_rate(self, steps_per_update=1):
-        """The LR schedule; `steps_per_update` is the gradient-accumulation count."""
-        return learning_rate(self.dataset_size, self.batch_size, self.base_lr, steps_per_update, self.steps)
+    def learning_rate(self):
+        """The LR schedule: a `HyperRuleLearningRate` of the optimizer's update count."""
+        return learning_rate(self.dataset_size, self.batch_size, self.base_lr, self.steps)
 
     def __str__(self):
         rows = [
             ("dataset", f"{self.dataset_size:,} examples of {self.image_size[0]}x{self.image_size[1]} px"),
-            ("resolution", (f"resize {self.resize}, random crop {self.crop} " if self.random_crop else f"resize {self.crop} ")
-             + ("(overridden)" if self.sizes else f"({self.rule} rule)")),
+            (
+                "resolution",
+                (f"resize {self.resize}, random crop {self.crop} " if self.random_crop else f"resize {self.crop} ")
+                + ("(overridden)" if self.sizes else f"({self.rule} rule)"),
+            ),
             ("flips", "random left-right" if self.flip else "off"),
             ("steps", f"{self.total_steps:,} at batch {self.batch_size}" + (" (overridden)" if self.steps else "")),
             ("warm-up", f"{self.warmup_steps:,} steps, linear from 0"),
-            ("learning rate", f"{self.peak_lr:g} "
-             + (f"(0.003 x {self.batch_size}/512)" if self.base_lr is None else "(base_lr, as given)")
-             + f", x0.1 after steps {', '.join(f'{b:,}' for b in self.boundaries)}"),
+            (
+                "learning rate",
+                f"{self.peak_lr:g} "
+                + (f"(0.003 x {self.batch_size}/512)" if self.base_lr is None else "(base_lr, as given)")
+                + f", x0.1 after steps {', '.join(f'{b:,}' for b in self.boundaries)}",
+            ),
             ("mixup", f"alpha {self.mixup_alpha:g}" if self.mixup_alpha else "off"),
         ]
         width = max(len(name) for name, _ in rows)

@@ -75,7 +75,7 @@ def BiT(
     >>> model.predict(np.zeros((2, 64, 64, 3), "float32"), verbose=0).shape
     (2, 10)
     """
-    _check_num_classes(num_classes)
+    num_classes = _check_num_classes(num_classes)
     include_top = arguments.flag("include_top", include_top)
     ws_epsilon = arguments.positive_float("ws_epsilon", ws_epsilon)
     input_shape = _check_input_shape(input_shape)
@@ -128,8 +128,8 @@ def _dtype_policy(name):
 def _warn_if_bfloat16_is_emulated():
     """Warns when the model would run bfloat16 on a CPU that has no bfloat16 instructions.
 
-    On such a CPU, `benchmarks/bench_step.py --precision bf16` measured the
-    default TensorFlow training step twelve times slower than in float32.
+    Every bfloat16 operation is emulated there; `benchmarks/bench_step.py
+    --precision bf16` measures the cost against float32.
     """
     if distribute.accelerator_visible():
         return
@@ -146,12 +146,13 @@ def _warn_if_bfloat16_is_emulated():
 
 def _check_num_classes(num_classes):
     if num_classes is None:
-        return
+        return None
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
         raise ValueError(
             f"num_classes must be a positive integer (the classes of a new head) or None to keep the "
             f"checkpoint's head, got {num_classes!r}. Pass e.g. num_classes=10."
         )
+    return int(num_classes)
 
 
 def _check_input_shape(input_shape):

@@ -52,16 +52,21 @@ class UpstreamSchedule:
             ("dataset", f"{self.dataset_size:,} examples"),
             ("steps", f"{self.total_steps:,} at batch {self.batch_size} ({epochs:.1f} epochs)"),
             ("warm-up", f"{self.warmup_steps:,} steps, linear from 0"),
-            ("learning rate", f"{self.peak_lr:g} "
-             + ("(base_lr, as given)" if self.lr_given else f"(0.03 x {self.batch_size}/256)")
-             + ", x0.1 after steps {', '.join(f'{b:,}' for b in self.boundaries)}"),
+            (
+                "learning rate",
+                f"{self.peak_lr:g} "
+                + ("(base_lr, as given)" if self.lr_given else f"(0.03 x {self.batch_size}/256)")
+                + ", x0.1 after steps {', '.join(f'{b:,}' for b in self.boundaries)}",
+            ),
             ("weight decay", f"{self.weight_decay:g}"),
         ]
         width = max(len(name) for name, _ in rows)
         return "BiT upstream recipe\n" + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
 
 
-def upstream_schedule(dataset_size, batch_size=UPSTREAM_BATCH_SIZE, base_lr=None, weight_decay=WEIGHT_DECAY, epochs=EPOCHS, steps=None):
+def upstream_schedule(
+    dataset_size, batch_size=UPSTREAM_BATCH_SIZE, base_lr=None, weight_decay=WEIGHT_DECAY, epochs=EPOCHS, steps=None
+):
     """The upstream schedule for `epochs` (or exactly `steps`) over `dataset_size` examples.
 
     `base_lr=None` is the recipe's 0.03 x batch / 256; a number is the peak LR

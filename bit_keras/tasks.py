@@ -159,6 +159,8 @@ def _hold_out(source, path):
     def rest_by_index(indices):
         return source.by_index(indices.map(lambda i: i + held))
 
-    rest = data.Source(source.dataset.skip(held), source.num_examples - held, source.num_classes, source.class_names, rest_by_index)
+    rest = data.Source(
+        source.dataset.skip(held), source.num_examples - held, source.num_classes, source.class_names, rest_by_index
+    )
     holdout = data.Source(source.dataset.take(held), held, source.num_classes, source.class_names, source.by_index)
     return rest, holdout

@@ -22,13 +22,14 @@ import json
 import math
 import os
 import shutil
+import socket
 import tempfile
 import warnings
 
 import keras
 import numpy as np
 
-from bit_keras import arguments, distribute, layers
+from bit_keras import arguments, checkpoints, distribute, layers
 
 LOSSES = ("softmax", "sigmoid")
 BACKUP_FOLDER = "backup"
@@ -179,7 +180,16 @@ class Engine:
     """
 
     def __init__(
-        self, *, batch_size, batch_split=1, strategy=None, tpu=None, checkpoint_dir=None, backup_every=None, seed=None, jit_compile="auto"
+        self,
+        *,
+        batch_size,
+        batch_split=1,
+        strategy=None,
+        tpu=None,
+        checkpoint_dir=None,
+        backup_every=None,
+        seed=None,
+        jit_compile="auto",
     ):
         if jit_compile not in ("auto", True, False):
             raise ValueError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}.")
@@ -201,7 +211,9 @@ class Engine:
 
     def _set_seed(self, seed):
         self.seed_given = seed is not None
-        self.seed = arguments.non_negative_int("seed", seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+        self.seed = (
+            arguments.non_negative_int("seed", seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**31)
+        )
         keras.utils.set_random_seed(self.seed)
 
     @property
@@ -243,16 +255,18 @@ class Engine:
         "auto" compiles with XLA on the TensorFlow backend when the run has
         one device and at least `XLA_MIN_UPDATES` updates: XLA fuses the
         GroupNorm and weight-standardisation arithmetic around the
-        convolutions; `benchmarks/bench_step.py` measured it faster at
-        inference (the tuner's `evaluate` and `predict` run it) and level in
-        training, within the run's noise, with the default step (GroupNorm
-        fused, see `layers.unfused`) on a CPU too, where Keras' own "auto"
-        leaves it off. Otherwise Keras decides (XLA on a GPU and under JAX;
-        not under a tf.distribute strategy).
+        convolutions, on a CPU too, where Keras' own "auto" leaves it off
+        (`benchmarks/bench_step.py` compares the two as `bit_keras/tf-xla`
+        and `bit_keras/tf`). Otherwise Keras decides (XLA on a GPU and under
+        JAX; not under a tf.distribute strategy).
         """
         if self.jit_compile != "auto":
             return self.jit_compile
-        if keras.backend.backend() == "tensorflow" and not distribute.distributes(self.strategy) and total_steps >= XLA_MIN_UPDATES:
+        if (
+            keras.backend.backend() == "tensorflow"
+            and not distribute.distributes(self.strategy)
+            and total_steps >= XLA_MIN_UPDATES
+        ):
             return True
         return "auto"
 
@@ -302,14 +316,21 @@ class Engine:
         """
         total_steps = arguments.positive_int("total_steps", total_steps)
         epoch_steps = self._epoch_steps(total_steps)
-        epochs = total_steps // epoch_steps
-        monitor = "val_accuracy" if validation is not None else "loss"
         fingerprint = {
+            "model": model.name,
+            "classes": int(model.output.shape[-1]),
             "batch_size": self.batch_size,
             "batch_split": self.batch_split,
             "total_steps": total_steps,
             **(fingerprint or {}),
         }
+        lock = run_lock(self.checkpoint_dir) if self.checkpoint_dir and distribute.is_chief() else contextlib.nullcontext()
+        with lock:
+            return self._fit(model, make_train, total_steps, epoch_steps, validation, fingerprint, callbacks, verbose)
+
+    def _fit(self, model, make_train, total_steps, epoch_steps, validation, fingerprint, callbacks, verbose):
+        epochs = total_steps // epoch_steps
+        monitor = "val_accuracy" if validation is not None else "loss"
         backups = Backups(os.path.join(self.checkpoint_dir, BACKUP_FOLDER)) if self.checkpoint_dir else None
         start, best = 0, None
         if backups is not None:
@@ -321,7 +342,7 @@ class Engine:
             warnings.warn(
                 f"{self.checkpoint_dir} holds a finished run ({start} of {total_steps} updates): nothing was trained, "
                 f"the model has its final weights. Pass another checkpoint_dir to train again.",
-                stacklevel=3,
+                stacklevel=4,
             )
             return keras.callbacks.History()
         engine_callbacks = [_StopOnNaN(self.checkpoint_dir)]
@@ -346,6 +367,64 @@ class Engine:
         """Updates per Keras epoch: backups fall on epoch ends, so a resume starts on one."""
         limit = self.backup_every or total_steps // min(EVALUATIONS_PER_RUN, total_steps)
         return max(d for d in range(1, min(limit, total_steps) + 1) if total_steps % d == 0)
+
+
+LOCK = "lock.json"
+
+
+@contextlib.contextmanager
+def run_lock(folder):
+    """Holds `folder/lock.json` (host and pid of this run) while the body runs: one run per checkpoint_dir.
+
+    A second run on the same folder is refused with the owner's name, before
+    it trains; a lock left by a process of this host that no longer lives is
+    stale and taken over. Also checks, before any training, that `folder`
+    can be written.
+    """
+    path = os.path.join(folder, LOCK)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"checkpoint_dir={folder!r} cannot be made a folder: {error.strerror or error}. Choose another."
+        ) from None
+    owner = {"host": socket.gethostname(), "pid": os.getpid()}
+    for attempt in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            break
+        except FileExistsError:
+            holder = _read_lock(path)
+            pid = holder.get("pid")
+            alive = isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and checkpoints.process_alive(pid)
+            stale = holder.get("host") == owner["host"] and not alive
+            if attempt or not stale:
+                raise ValueError(
+                    f"checkpoint_dir={folder!r} is in use by another run (pid {holder.get('pid')} on "
+                    f"{holder.get('host')}, {path}). Wait for it to end, or pass another checkpoint_dir; if that run "
+                    f"is gone and this is another host, delete {path}."
+                ) from None
+            os.remove(path)
+        except OSError as error:
+            raise ValueError(
+                f"checkpoint_dir={folder!r} cannot be written: {error.strerror or error}. Choose a writable folder."
+            ) from None
+    with os.fdopen(fd, "w") as f:
+        json.dump(owner, f)
+    try:
+        yield
+    finally:
+        if _read_lock(path) == owner:
+            os.remove(path)
+
+
+def _read_lock(path):
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+        return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 class Backups:
@@ -447,7 +526,11 @@ class Backups:
         return {"step": step, "seed": seed, "best": best, "fingerprint": fingerprint}
 
     def _damaged(self, path, names, what):
-        fix = f"Delete {path} to resume from the previous backup ({names[-2]})" if len(names) > 1 else f"Delete {self.folder} to start over"
+        fix = (
+            f"Delete {path} to resume from the previous backup ({names[-2]})"
+            if len(names) > 1
+            else f"Delete {self.folder} to start over"
+        )
         return ValueError(f"The backup {path} is damaged: {what}. {fix}, or pass another checkpoint_dir.")
 
 
@@ -490,7 +573,9 @@ class _StopOnNaN(keras.callbacks.Callback):
 
     def _check(self, loss, when):
         if loss is not None and not math.isfinite(float(loss)):
-            kept = f"the last good backup is kept in {self.checkpoint_dir}" if self.checkpoint_dir else "no checkpoint_dir was set"
+            kept = (
+                f"the last good backup is kept in {self.checkpoint_dir}" if self.checkpoint_dir else "no checkpoint_dir was set"
+            )
             raise FloatingPointError(
                 f"The training loss became {float(loss)} {when}; {kept}. Lower base_lr, "
                 f"or use batch_split= instead of a smaller batch_size."
@@ -518,15 +603,11 @@ class _KeepBest(keras.callbacks.Callback):
             return
         self.best = value
         # Every worker saves (see `Backups.save`); only the chief's file is kept.
-        folder = os.path.dirname(self.path) if self.writer else tempfile.mkdtemp(prefix="bit-keras-worker-best-")
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-best-", suffix=".keras", dir=folder)
-        os.close(fd)
+        if self.writer:
+            checkpoints.save_keras(self.model, self.path, overwrite=True)
+            return
+        folder = tempfile.mkdtemp(prefix="bit-keras-worker-best-")
         try:
-            self.model.save(tmp)
-            if self.writer:
-                os.replace(tmp, self.path)
+            self.model.save(os.path.join(folder, BEST_MODEL))
         finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            if not self.writer:
-                shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)

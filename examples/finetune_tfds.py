@@ -31,7 +31,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     task = tasks.load(args.dataset, examples_per_class=args.examples_per_class)
-    print(f"[data] {task.name}: {task.train.num_examples} training, {task.test.num_examples} test examples, {task.train.num_classes} classes")
+    print(
+        f"[data] {task.name}: {task.train.num_examples} training, {task.test.num_examples} test examples, {task.train.num_classes} classes"
+    )
     distribution = {key: value for key, value in (("strategy", args.strategy), ("tpu", args.tpu)) if value is not None}
     tuner = bit_keras.BiTFineTuner(
         args.variant,

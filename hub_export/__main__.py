@@ -64,8 +64,9 @@ def _parse_args(argv):
 
 
 def _load_model(args):
-    import bit_keras
     import keras
+
+    import bit_keras
 
     if args.weights.endswith(".keras"):
         print(f"[1/3] Loading the model from {args.weights}")
@@ -124,9 +125,7 @@ def run(args):
     try:
         model = _load_model(args)
         print(f"[2/3] Writing the {args.flavor} module to {args.out}")
-        record = hub_export.export(
-            model, args.out, flavor=args.flavor, input_range=args.input_range, overwrite=args.overwrite
-        )
+        record = hub_export.export(model, args.out, flavor=args.flavor, input_range=args.input_range, overwrite=args.overwrite)
     except (ValueError, FileExistsError, RuntimeError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

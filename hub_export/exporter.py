@@ -202,7 +202,7 @@ def _archive(call, variables, output_name):
 
 
 def _variant_name(model):
-    """"BiT-M-R50x1" when the model's name says so and its shapes agree, else the architecture."""
+    """ "BiT-M-R50x1" when the model's name says so and its shapes agree, else the architecture."""
     weights = checkpoints.official_weights(model)
     body = {key: v for key, v in weights.items() if key not in (checkpoints.HEAD_KERNEL, checkpoints.HEAD_BIAS)}
     architecture = checkpoints.describe(body)  # without a head it names the architecture only, e.g. "R50x1"

@@ -8,9 +8,10 @@ try:  # torchvision (through timm) crashes when imported after TensorFlow; torch
 except ImportError:  # a declared test dependency: tests/test_families.py fails on its own import
     pass
 
-import bit_keras  # noqa: F401  (before Keras imports TensorFlow: the library's TensorFlow settings apply)
 import keras
 import pytest
+
+import bit_keras  # noqa: F401  (before Keras imports TensorFlow: the library's TensorFlow settings apply)
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -33,6 +34,5 @@ def _fresh_keras_state():
 
 @pytest.fixture
 def tiny():
-    import bit_keras
 
     return bit_keras.Variant(units=(1, 1, 1, 1), width=1)

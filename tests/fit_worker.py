@@ -6,8 +6,8 @@
 Fine-tunes a tiny BiT with `BiTFineTuner.fit` on a fixed colour task with
 mixup on (or pre-trains it with `BiTPretrainer.fit`), then writes the final weights to OUT.npz (each worker of a
 multi-worker run to OUT with its index). `--kill_at_batch` makes the process
-SIGKILL itself after that many micro-batches; `--kill_in_backup_at` after the
-backup of that update is written but before it is renamed into place.
+SIGKILL itself after that many micro-batches; `--kill_in_backup_at` halfway
+through writing the weights of that update's backup.
 """
 
 import argparse
@@ -63,17 +63,20 @@ class KillAtBatch(keras.callbacks.Callback):
 if args.kill_in_backup_at is not None:
     write = training.Backups.save
 
-    def save_then_die(self, model, record):
+    def die_while_writing(self, model, record):
         if record["step"] == args.kill_in_backup_at:
-            rename = os.rename
-            os.rename = lambda *a: os.kill(os.getpid(), signal.SIGKILL)  # dies with the backup written, not renamed
-            try:
-                write(self, model, record)
-            finally:
-                os.rename = rename
+
+            def half_written(path, *unused, **unused_too):  # dies in the middle of writing the weights file
+                with open(path, "wb") as f:
+                    f.write(b"\x89HDF\r\n\x1a\n" + b"\0" * 4096)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            model.save_weights = half_written
         write(self, model, record)
 
-    training.Backups.save = save_then_die
+    training.Backups.save = die_while_writing
 
 images, labels = colour_task(48, size=12)
 options = dict(

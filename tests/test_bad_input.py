@@ -61,7 +61,9 @@ def test_a_tpu_name_implies_the_tpu_strategy(monkeypatch):
     assert asked == [("tpu", "my-tpu"), ("default", None)]
 
 
-@pytest.mark.parametrize("value", ["[1, 2]", "not json", '{"cluster": [], "task": {}}', '{"cluster": {}, "task": {"index": "0"}}'])
+@pytest.mark.parametrize(
+    "value", ["[1, 2]", "not json", '{"cluster": [], "task": {}}', '{"cluster": {}, "task": {"index": "0"}}']
+)
 def test_malformed_tf_config_is_named(monkeypatch, value):
     monkeypatch.setenv("TF_CONFIG", value)
     with pytest.raises(ValueError, match="TF_CONFIG"):
@@ -126,3 +128,111 @@ def test_a_garbled_best_value_in_a_backup_is_called_damaged(tmp_path):
     state.write_text(json.dumps({**record, "best": "high"}))
     with pytest.raises(ValueError, match=r"is damaged: .*'best' is 'high'"):
         BiTFineTuner(bit_keras.BiT(TINY, num_classes=2), **options).fit((images, labels), verbose=0)
+
+
+# ------------------------------------------------------------------ nothing lost
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--save", "{tmp}/m.h5"], "use a .keras file, or .npz"),
+        (["--save", "{tmp}/existing.npz"], "already exists; pass --overwrite"),
+        (["--save", "{tmp}/existing.keras"], "already exists; pass --overwrite"),
+        (["--export_dir", "{tmp}/existing_folder"], "already exists; pass --overwrite"),
+        (["--save", "{tmp}/existing.npz/m.keras"], "is not a writable folder"),  # root may write anywhere: a file as folder
+    ],
+)
+@pytest.mark.parametrize("command", ["finetune", "pretrain"])
+def test_cli_outputs_are_checked_before_any_training(tmp_path, capsys, command, flags, message):
+    from bit_keras import cli
+
+    (tmp_path / "existing.npz").write_bytes(b"keep")
+    (tmp_path / "existing.keras").write_bytes(b"keep")
+    (tmp_path / "existing_folder").mkdir()
+    args = [command, "--dataset", str(tmp_path / "no_such_data"), "--variant", "R1-1-1-1x1", "--weights", "none"]
+    assert cli.main(args + [flag.format(tmp=tmp_path) for flag in flags]) == 1
+    shown = capsys.readouterr()
+    assert message in shown.err and "[data]" not in shown.out  # refused before the data was even read
+    assert (tmp_path / "existing.npz").read_bytes() == b"keep" and (tmp_path / "existing.keras").read_bytes() == b"keep"
+
+
+def test_keras_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from bit_keras import checkpoints
+
+    model = bit_keras.BiT(TINY, num_classes=2)
+    target = tmp_path / "m.keras"
+    target.write_bytes(b"previous")
+
+    def full_disk(path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"half a model")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(model, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoints.save_keras(model, target, overwrite=True)
+    assert target.read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_killed_best_keras_write_is_cleaned_and_a_second_run_on_the_folder_is_refused(tmp_path):
+    import os
+    import socket
+
+    from bit_keras.checkpoints import writing
+
+    images, labels = colour_task(16)
+    options = dict(batch_size=8, steps=2, sizes=(20, 16), seed=0, checkpoint_dir=str(tmp_path))
+    left_over = tmp_path / f".best.keras{writing._TAG}.{writing._HOST}.{_dead_pid()}.0123abcd.keras"
+    left_over.write_bytes(b"\0" * 1000)  # what a writer killed mid-save leaves
+    lock = tmp_path / training.LOCK
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid()}))  # a live run
+    tuner = BiTFineTuner(bit_keras.BiT(TINY, num_classes=2), **options)
+    with pytest.raises(ValueError, match=rf"in use by another run \(pid {os.getppid()} on"):
+        tuner.fit((images, labels), validation_data=(images, labels), verbose=0)
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": _dead_pid()}))  # that run is gone: a stale lock
+    tuner.fit((images, labels), validation_data=(images, labels), verbose=0)
+    assert not left_over.exists() and (tmp_path / "best.keras").exists() and not lock.exists()
+
+
+def test_a_checkpoint_dir_that_is_a_file_is_refused_before_training(tmp_path):
+    images, labels = colour_task(16)
+    (tmp_path / "file").write_text("not a folder")
+    tuner = BiTFineTuner(
+        bit_keras.BiT(TINY, num_classes=2), batch_size=8, steps=2, sizes=(20, 16), checkpoint_dir=str(tmp_path / "file")
+    )
+    with pytest.raises(ValueError, match="cannot be made a folder"):
+        tuner.fit((images, labels), verbose=0)
+    assert int(keras.ops.convert_to_numpy(tuner.model.optimizer.iterations)) == 0
+
+
+def test_a_release_that_cannot_be_downloaded_is_a_clear_error(tmp_path, monkeypatch):
+    from bit_keras import checkpoints
+
+    monkeypatch.setattr(checkpoints, "BASE_URL", (tmp_path / "offline").as_uri())
+    monkeypatch.setenv("BIT_KERAS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=r"BiT-M-R50x1 is not in the cache .* could not be downloaded from file://"):
+        bit_keras.BiT("BiT-M-R50x1", weights="BiT-M-R50x1")
+
+
+def test_numpy_class_counts_are_integers_too():
+    assert bit_keras.BiT(TINY, num_classes=np.int64(4)).output.shape == (None, 4)
+
+
+def test_a_resume_with_another_model_names_what_differs(tmp_path):
+    images, labels = colour_task(16)
+    options = dict(batch_size=8, steps=2, sizes=(20, 16), seed=0, checkpoint_dir=str(tmp_path), backup_every=1)
+    BiTFineTuner(bit_keras.BiT(TINY, num_classes=2), **options).fit((images, labels), verbose=0)
+    with pytest.raises(ValueError, match=r"another run: classes=2 there, 3 now"):
+        BiTFineTuner(bit_keras.BiT(TINY, num_classes=3), **options).fit((images, np.arange(16) % 3), verbose=0)
+    with pytest.raises(ValueError, match=r"another run: model='R1-1-1-1x1' there, 'R1-1-1-1x2' now"):
+        BiTFineTuner(bit_keras.BiT(bit_keras.Variant((1, 1, 1, 1), 2), num_classes=2), **options).fit((images, labels), verbose=0)

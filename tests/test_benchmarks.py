@@ -57,7 +57,10 @@ def test_bench_step_smoke_reports_every_contender():
         (ceiling,) = [line for line in lines if line["kind"] == "ceiling"]
         assert ceiling["forward_gflop"] == round(_tiny_forward_flops(image_size=32, num_classes=3) / 1e9, 4)
         assert ceiling["gemm_gflop_per_s"] > 0
-        assert abs(ceiling["infer_images_per_s"] - ceiling["gemm_gflop_per_s"] / ceiling["forward_gflop"]) < 0.01 * ceiling["infer_images_per_s"]
+        assert (
+            abs(ceiling["infer_images_per_s"] - ceiling["gemm_gflop_per_s"] / ceiling["forward_gflop"])
+            < 0.01 * ceiling["infer_images_per_s"]
+        )
         assert abs(3 * ceiling["train_images_per_s"] - ceiling["infer_images_per_s"]) < 0.01 * ceiling["infer_images_per_s"]
         assert "ceiling:" in result.stdout
 

@@ -34,7 +34,7 @@ def write_tf2_h5(path, state):
     with h5py.File(path, "w") as f:
         f.attrs["layer_names"] = [b"resnet"]
         for key, value in state.items():
-            scope = key[len("resnet/"):]
+            scope = key[len("resnet/") :]
             if key == checkpoints.HEAD_KERNEL:
                 scope, value = "head/kernel", value[0, 0]  # a Dense kernel
             elif key == checkpoints.HEAD_BIAS:
@@ -98,9 +98,7 @@ def test_load_save_load_is_bit_exact(tmp_path, small_npz, small_state):
 def test_head_choices(small_npz, small_state):
     x = images()
     same = bit_keras.BiT(small_variant(), weights=small_npz, num_classes=5)
-    np.testing.assert_array_equal(
-        keras.ops.convert_to_numpy(same.get_layer("head").bias), small_state[checkpoints.HEAD_BIAS]
-    )
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(same.get_layer("head").bias), small_state[checkpoints.HEAD_BIAS])
     new_head = bit_keras.BiT(small_variant(), weights=small_npz, num_classes=3)
     assert not np.any(new_head.predict(x, verbose=0))
     features = bit_keras.BiT(small_variant(), weights=small_npz, include_top=False, pooling="avg")
@@ -132,7 +130,9 @@ def test_wrong_shape_is_named(tmp_path, small_state):
     state = dict(small_state)
     state["resnet/block1/unit01/b/group_norm/gamma"] = np.ones(65, "float32")
     path = write_npz(tmp_path / "shape.npz", state)
-    with pytest.raises(ValueError, match=r"wrong shape \(1\): resnet/block1/unit01/b/group_norm/gamma: checkpoint \(65,\), model \(64,\)"):
+    with pytest.raises(
+        ValueError, match=r"wrong shape \(1\): resnet/block1/unit01/b/group_norm/gamma: checkpoint \(65,\), model \(64,\)"
+    ):
         bit_keras.BiT(small_variant(), weights=path)
 
 
@@ -358,8 +358,11 @@ def test_ws_epsilon_reaches_every_convolution(tmp_path):
     convs = [layer for layer in model.layers if isinstance(layer, bit_keras.StandardizedConv2D)]
     assert len(convs) == 1 + 3 * sum(SMALL_UNITS) + 4
     assert {layer.epsilon for layer in convs} == {1e-8}
-    assert {layer.epsilon for layer in bit_keras.BiT(small_variant(), num_classes=2).layers
-            if isinstance(layer, bit_keras.StandardizedConv2D)} == {1e-10}
+    assert {
+        layer.epsilon
+        for layer in bit_keras.BiT(small_variant(), num_classes=2).layers
+        if isinstance(layer, bit_keras.StandardizedConv2D)
+    } == {1e-10}
     model.save(tmp_path / "eps.keras")
     loaded = keras.saving.load_model(tmp_path / "eps.keras")
     assert {layer.epsilon for layer in loaded.layers if isinstance(layer, bit_keras.StandardizedConv2D)} == {1e-8}

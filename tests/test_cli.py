@@ -47,12 +47,46 @@ def result_line(stdout):
 
 HELP_FLAGS = {
     "demo": ["--out", "--force_upstream", "--seeds", "--shots", "--upstream_steps", "--finetune_steps"],
-    "finetune": ["--dataset", "--examples_per_class", "--batch_size", "--batch_split", "--mixed_precision", "--strategy", "--tpu",
-                 "--checkpoint_dir", "--save", "--export_dir", "--tfds_data_dir", "--variant", "--weights", "--steps", "--sizes",
-                 "--seed", "--flip", "--no-flip", "--random_crop", "--no-random_crop"],
-    "pretrain": ["--dataset", "--variant", "--batch_size", "--base_lr", "--weight_decay", "--epochs", "--steps", "--image_size",
-                 "--batch_split", "--mixed_precision", "--strategy", "--tpu", "--checkpoint_dir", "--backup_every", "--save",
-                 "--export_dir"],
+    "finetune": [
+        "--dataset",
+        "--examples_per_class",
+        "--batch_size",
+        "--batch_split",
+        "--mixed_precision",
+        "--strategy",
+        "--tpu",
+        "--checkpoint_dir",
+        "--save",
+        "--export_dir",
+        "--tfds_data_dir",
+        "--variant",
+        "--weights",
+        "--steps",
+        "--sizes",
+        "--seed",
+        "--flip",
+        "--no-flip",
+        "--random_crop",
+        "--no-random_crop",
+    ],
+    "pretrain": [
+        "--dataset",
+        "--variant",
+        "--batch_size",
+        "--base_lr",
+        "--weight_decay",
+        "--epochs",
+        "--steps",
+        "--image_size",
+        "--batch_split",
+        "--mixed_precision",
+        "--strategy",
+        "--tpu",
+        "--checkpoint_dir",
+        "--backup_every",
+        "--save",
+        "--export_dir",
+    ],
     "export": ["--weights", "--variant", "--flavor", "--out", "--num_classes", "--input_range", "--overwrite"],
 }
 
@@ -82,8 +116,19 @@ def test_every_command_help_lists_its_flags(command, capsys):
 
 
 def test_finetune_tfds_mock_data_saves_and_exports(tmp_path):
-    args = ["finetune", "--dataset", "cifar10", *TINY, "--sizes", "20,16", "--save", str(tmp_path / "m.npz"),
-            "--export_dir", str(tmp_path / "hub"), "--no-flip"]
+    args = [
+        "finetune",
+        "--dataset",
+        "cifar10",
+        *TINY,
+        "--sizes",
+        "20,16",
+        "--save",
+        str(tmp_path / "m.npz"),
+        "--export_dir",
+        str(tmp_path / "hub"),
+        "--no-flip",
+    ]
     result = bit_keras_cli(args, cwd=tmp_path, code=MOCK_TFDS)
     assert re.search(r"^ +flips +off$", result.stdout, re.M) and "random crop 16" in result.stdout
     # CIFAR's splits as the official release: train[:98%] / train[98%:] / test.
@@ -106,11 +151,27 @@ def test_finetune_loads_the_variants_release_by_default(tmp_path):
         "from bit_keras.checkpoints import releases\n"
         "releases.RELEASES['BiT-M-R1-1-1-1x1'] = releases.Release('BiT-M-R1-1-1-1x1', 'R1-1-1-1x1', 5, 'BiT-M-R1-1-1-1x1.npz')\n"
     )
-    args = ["finetune", "--dataset", "cifar10", "--variant", "BiT-M-R1-1-1-1x1", "--batch_size", "8", "--steps", "2",
-            "--sizes", "20,16", "--base_lr", "1e-12", "--save", str(tmp_path / "m.npz")]
+    args = [
+        "finetune",
+        "--dataset",
+        "cifar10",
+        "--variant",
+        "BiT-M-R1-1-1-1x1",
+        "--batch_size",
+        "8",
+        "--steps",
+        "2",
+        "--sizes",
+        "20,16",
+        "--base_lr",
+        "1e-12",
+        "--save",
+        str(tmp_path / "m.npz"),
+    ]
     env = {**os.environ, "BIT_KERAS_CACHE": str(cache)}
-    result = subprocess.run([sys.executable, "-c", register + MOCK_TFDS] + args, cwd=tmp_path, capture_output=True, text=True,
-                            timeout=600, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", register + MOCK_TFDS] + args, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"weights from BiT-M-R1-1-1-1x1 ({cache}" in result.stdout
     with np.load(tmp_path / "m.npz", allow_pickle=False) as saved:  # at LR 1e-12 the backbone is the release's
@@ -119,8 +180,13 @@ def test_finetune_loads_the_variants_release_by_default(tmp_path):
 
 
 def test_finetune_release_of_a_variant_without_one_is_an_error(tmp_path):
-    result = subprocess.run(BIT_KERAS + ["finetune", "--dataset", "cifar10", "--variant", "R1-1-1-1x1"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        BIT_KERAS + ["finetune", "--dataset", "cifar10", "--variant", "R1-1-1-1x1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 1 and "R1-1-1-1x1 has no released weights" in result.stderr, result.stderr[-2000:]
     assert "--weights none" in result.stderr and "Traceback" not in result.stderr
 
@@ -129,14 +195,31 @@ def test_finetune_image_folder_with_a_corrupt_file(tmp_path):
     # Two classes a model can tell apart (dark and bright), so top-1 must beat chance.
     root = tmp_path / "photos"
     rng = np.random.default_rng(0)
-    for label, (name, level) in enumerate((("dark", 30), ("bright", 220))):
+    for name, level in (("dark", 30), ("bright", 220)):
         (root / name).mkdir(parents=True)
         for i in range(10):
             pixels = np.clip(rng.normal(level, 10, (12, 12, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.png")
     (root / "bright" / "broken.jpg").write_bytes(b"not an image")
-    args = ["finetune", "--dataset", str(root), "--variant", "R1-1-1-1x1", "--weights", "none", "--batch_size", "8",
-            "--base_lr", "0.015625", "--steps", "20", "--sizes", "20,16", "--save", str(tmp_path / "m.keras")]
+    args = [
+        "finetune",
+        "--dataset",
+        str(root),
+        "--variant",
+        "R1-1-1-1x1",
+        "--weights",
+        "none",
+        "--batch_size",
+        "8",
+        "--base_lr",
+        "0.015625",
+        "--steps",
+        "20",
+        "--sizes",
+        "20,16",
+        "--save",
+        str(tmp_path / "m.keras"),
+    ]
     result = bit_keras_cli(args, cwd=tmp_path)
     assert "skipped 1 file" in result.stderr
     assert "18 training" in result.stdout and "2 classes" in result.stdout  # 20 readable images, 10% held out
@@ -154,8 +237,9 @@ def test_pretrain_then_export(tmp_path):
     dataset, variant, steps, top1 = result_line(result.stdout)
     assert (dataset, steps) == ("mnist", 3) and 0.0 <= top1 <= 1.0
     out = tmp_path / "hub"
-    exported = bit_keras_cli(["export", "--weights", str(tmp_path / "up.keras"), "--flavor", "classification", "--out", str(out)],
-                             cwd=tmp_path)
+    exported = bit_keras_cli(
+        ["export", "--weights", str(tmp_path / "up.keras"), "--flavor", "classification", "--out", str(out)], cwd=tmp_path
+    )
     assert "Wrote" in exported.stdout
     check = (
         "import sys, numpy as np, tensorflow as tf; m = tf.saved_model.load(sys.argv[1]); "
@@ -166,8 +250,13 @@ def test_pretrain_then_export(tmp_path):
 
 
 def test_unknown_dataset_is_a_clear_error(tmp_path):
-    result = subprocess.run(BIT_KERAS + ["finetune", "--dataset", "./no/such/folder", *TINY], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        BIT_KERAS + ["finetune", "--dataset", "./no/such/folder", *TINY],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1 and "is not a folder" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -70,6 +70,26 @@ def test_flip_is_random_per_image():
     assert 0 < flipped < 64
 
 
+def test_upstream_flip_is_random_per_image():
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[:, 4:] = 255
+    source = data.from_arrays(np.stack([image] * 64), np.zeros(64, int))
+    images, _ = next(iter(data.upstream_pipeline(source, image_size=8, batch_size=64, seed=1, crop_area=(1.0, 1.0))))
+    flipped = int(np.sum(np.asarray(images)[:, 0, 0, 0] > 0))
+    assert 0 < flipped < 64
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["by_index", "buffer"])
+def test_every_epoch_is_shuffled(stream):
+    labels = np.arange(64) % 2
+    source = data.from_arrays(_constant_images(np.arange(64) * 4), labels)
+    if stream:  # a source that can only be streamed goes through the shuffle buffer
+        source = data.Source(source.dataset, source.num_examples, source.num_classes)
+    images, _ = next(iter(data.train_pipeline(source, resize=8, crop=8, batch_size=64, seed=3, flip=False)))
+    order = np.round(_unscale(np.asarray(images)[:, 0, 0, 0]) / 4).astype(int)
+    assert sorted(order) == list(range(64)) and not np.array_equal(order, np.arange(64))
+
+
 def test_flip_and_random_crop_can_be_turned_off():
     """Where a mirror image or a shifted crop changes the label (digits), the paper leaves them out."""
     image = np.zeros((8, 8, 3), np.uint8)
@@ -387,6 +407,7 @@ def test_from_folder_without_class_folders_raises(tmp_path):
 
 def test_from_tfds_under_mock_data():
     import tensorflow_datasets as tfds
+
     with tfds.testing.mock_data(num_examples=9):
         source = data.from_tfds("cifar10", split="train")
         gray = data.from_tfds("mnist", split="test")
@@ -423,7 +444,9 @@ def _batches_of(dataset, count):
 def test_start_batch_continues_the_stream_exactly_across_epochs(pipeline):
     source = data.from_arrays(np.random.default_rng(0).integers(0, 255, (10, 20, 24, 3)), np.arange(10) % 3)
     if pipeline == "train":
-        make = lambda start: data.train_pipeline(source, resize=16, crop=12, batch_size=4, mixup_alpha=0.5, seed=7, start_batch=start)
+        make = lambda start: data.train_pipeline(
+            source, resize=16, crop=12, batch_size=4, mixup_alpha=0.5, seed=7, start_batch=start
+        )
     else:
         make = lambda start: data.upstream_pipeline(source, image_size=12, batch_size=4, seed=7, start_batch=start)
     whole = _batches_of(make(0), 8)  # 32 examples: more than three epochs of 10

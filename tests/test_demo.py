@@ -14,9 +14,10 @@ pytestmark = requires_tensorflow
 
 
 def test_every_k_shares_one_recipe_and_the_probe_reads_the_exported_upstream(tmp_path, monkeypatch):
-    import hub_export
     import tensorflow as tf
     from sklearn.linear_model import LogisticRegression
+
+    import hub_export
 
     keras.utils.set_random_seed(123)  # not a seed the scratch arm draws
     folder = str(tmp_path / "upstream")

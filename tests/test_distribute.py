@@ -117,7 +117,9 @@ def test_two_workers_end_with_the_weights_of_one_process(one_device, tmp_path):
 @requires_tensorflow
 def test_a_run_killed_at_a_random_step_resumes_to_the_uninterrupted_weights(one_device, tmp_path):
     kill_at = int(np.random.default_rng().integers(1, 6))  # any micro-batch before the last
-    finish(start(tmp_path / "w.npz", "--checkpoint_dir", str(tmp_path / "run"), "--kill_at_batch", str(kill_at)), expect_kill=True)
+    finish(
+        start(tmp_path / "w.npz", "--checkpoint_dir", str(tmp_path / "run"), "--kill_at_batch", str(kill_at)), expect_kill=True
+    )
     assert_same_training(run(tmp_path / "w.npz", "--checkpoint_dir", str(tmp_path / "run")), one_device)
 
 
@@ -127,7 +129,8 @@ def test_a_run_killed_while_writing_a_backup_resumes_from_the_previous_one(one_d
     finish(start(tmp_path / "w.npz", "--checkpoint_dir", str(tmp_path / "run"), "--kill_in_backup_at", "4"), expect_kill=True)
     left = sorted(os.listdir(backup))
     assert [name for name in left if not name.startswith(".tmp-step-000000004")] == ["step-000000002"]
-    assert len(left) == 2  # and the half-written one
+    assert len(left) == 2  # and the half-written one, under its temporary name
+    assert sorted(os.listdir(backup / "step-000000002")) == ["state.json", "state.weights.h5"]  # the previous one, whole
     output = finish(start(tmp_path / "w.npz", "--checkpoint_dir", str(tmp_path / "run")))
     assert "Resuming from" in output and "step-000000002" in output
     assert_same_training(weights(tmp_path / "w.npz"), one_device)

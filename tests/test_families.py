@@ -6,7 +6,6 @@ declared test dependencies: these tests fail, not skip, when one is missing.
 
 import functools
 import json
-import os
 import shutil
 import sys
 
@@ -95,6 +94,16 @@ def test_timm_small_safetensors_and_pth_read_with_inferred_variant(tmp_path):
             assert_logits_close(model.predict(x, verbose=0), expected)
 
 
+def test_a_bfloat16_safetensors_is_read_upcast_to_float32(tmp_path):
+    """Checkpoints are shared in bfloat16 too; every bfloat16 value is exactly a float32 one."""
+    halved = {key: value.to(torch.bfloat16) for key, value in tiny_timm().state_dict().items()}
+    safetensors.torch.save_file(halved, tmp_path / "bf16.safetensors")
+    model = bit_keras.BiT("auto", weights=str(tmp_path / "bf16.safetensors"), ws_epsilon=PEER_EPSILON)
+    upcast, _ = checkpoints.to_official("timm", {key: value.float().numpy() for key, value in halved.items()})
+    for key, value in checkpoints.model_state(model).items():
+        np.testing.assert_array_equal(value, upcast[key])
+
+
 def test_timm_writer_loads_in_timm_with_and_without_head(tmp_path):
     state = random_state(TINY_UNITS, 1, CLASSES, seed=1)
     np.savez(tmp_path / "tiny.npz", **state)
@@ -107,8 +116,13 @@ def test_timm_writer_loads_in_timm_with_and_without_head(tmp_path):
         assert_logits_close(ours.predict(x, verbose=0), peer(nchw(x)).numpy())
 
     # A headless model writes a backbone that timm loads with num_classes=0, as .safetensors and .npz.
-    features = bit_keras.BiT(bit_keras.Variant(TINY_UNITS), weights=str(tmp_path / "tiny.npz"), include_top=False,
-                             pooling="avg", ws_epsilon=PEER_EPSILON)
+    features = bit_keras.BiT(
+        bit_keras.Variant(TINY_UNITS),
+        weights=str(tmp_path / "tiny.npz"),
+        include_top=False,
+        pooling="avg",
+        ws_epsilon=PEER_EPSILON,
+    )
     checkpoints.save_timm(features, tmp_path / "body.safetensors")
     bit_keras.save_official(features, tmp_path / "body.npz")
     with np.load(tmp_path / "body.npz") as data:
@@ -224,8 +238,13 @@ def test_transformers_writer_loads_with_from_pretrained(tmp_path):
         assert_logits_close(ours.predict(x, verbose=0), peer(pixel_values=nchw(x)).logits.numpy())
     assert bit_keras.BiT("auto", weights=str(tmp_path / "out")).weights_family == "transformers"
 
-    features = bit_keras.BiT(bit_keras.Variant(TINY_UNITS), weights=str(tmp_path / "tiny.npz"), include_top=False,
-                             pooling="avg", ws_epsilon=PEER_EPSILON)
+    features = bit_keras.BiT(
+        bit_keras.Variant(TINY_UNITS),
+        weights=str(tmp_path / "tiny.npz"),
+        include_top=False,
+        pooling="avg",
+        ws_epsilon=PEER_EPSILON,
+    )
     checkpoints.save_transformers(features, tmp_path / "body")
     backbone = transformers.BitModel.from_pretrained(tmp_path / "body").eval()
     with torch.no_grad():
@@ -320,9 +339,7 @@ def test_kaggle_handle_served_from_a_local_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(kagglehub, "model_download", model_download)
     model = bit_keras.BiT("auto", weights="kaggle:google/bit/tensorFlow2/m-r-tiny")
     assert handles == ["google/bit/tensorFlow2/m-r-tiny"]
-    np.testing.assert_array_equal(
-        checkpoints.model_state(model)[checkpoints.ROOT_KERNEL], state[checkpoints.ROOT_KERNEL]
-    )
+    np.testing.assert_array_equal(checkpoints.model_state(model)[checkpoints.ROOT_KERNEL], state[checkpoints.ROOT_KERNEL])
     # A truncated module is refused and deleted.
     index = folder / "variables" / "variables.index"
     index.write_bytes(index.read_bytes()[:20])

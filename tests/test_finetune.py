@@ -18,7 +18,9 @@ TINY = bit_keras.Variant((1, 1, 1, 1), width=1)
 @pytest.mark.parametrize("base_lr", [None, 0.001])
 def test_base_lr_is_the_official_flag(base_lr, capsys):
     """The official README's `--batch 128 --base_lr 0.001` trains at peak 0.001; no base_lr is 0.003 x 128/512."""
-    tuner = BiTFineTuner(bit_keras.BiT(TINY, num_classes=10), dataset_size=1_000, image_size=(32, 32), batch_size=128, base_lr=base_lr)
+    tuner = BiTFineTuner(
+        bit_keras.BiT(TINY, num_classes=10), dataset_size=1_000, image_size=(32, 32), batch_size=128, base_lr=base_lr
+    )
     steps = np.arange(500)
     got = keras.ops.convert_to_numpy(tuner.learning_rate(keras.ops.convert_to_tensor(steps)))
     official = [official_lr(s, 1_000, base_lr=0.001 if base_lr else 0.003) for s in steps]
@@ -38,7 +40,9 @@ def tuner_for(model=None, **kwargs):
 
 
 def weights_of(model, prefix):
-    return [keras.ops.convert_to_numpy(w).copy() for layer in model.layers if layer.name.startswith(prefix) for w in layer.weights]
+    return [
+        keras.ops.convert_to_numpy(w).copy() for layer in model.layers if layer.name.startswith(prefix) for w in layer.weights
+    ]
 
 
 def test_hyperrule_decisions_for_cifar10_sized_data():
@@ -66,7 +70,7 @@ def test_head_is_zeroed_unless_kept_and_decisions_need_sizes():
     np.testing.assert_array_equal(kept[0], head["kernel"])
     np.testing.assert_array_equal(kept[1], head["bias"])
     with pytest.raises(ValueError, match="dataset_size= and image_size="):
-        tuner.total_steps
+        _ = tuner.total_steps
 
 
 @pytest.mark.backends
@@ -135,7 +139,11 @@ def _xla_clusters_traced_in(engine, model):
 def test_short_runs_and_runs_without_xla_trace_groupnorm_unfused():
     from bit_keras.training import XLA_MIN_UPDATES
 
-    for jit_compile, steps, fused in (("auto", XLA_MIN_UPDATES, True), ("auto", XLA_MIN_UPDATES - 1, False), (False, 10 * XLA_MIN_UPDATES, False)):
+    for jit_compile, steps, fused in (
+        ("auto", XLA_MIN_UPDATES, True),
+        ("auto", XLA_MIN_UPDATES - 1, False),
+        (False, 10 * XLA_MIN_UPDATES, False),
+    ):
         tuner = tuner_for(steps=steps, jit_compile=jit_compile, dataset_size=100, image_size=(32, 32))
         tuner._compile()
         clusters = _xla_clusters_traced_in(tuner.engine, tuner.model)
@@ -266,7 +274,11 @@ def stage_of(layer_name):
 def test_freeze_from_a_chosen_depth(freeze):
     images, labels = colour_task(32)
     tuner = tuner_for(freeze=freeze, steps=4, base_lr=0.009375)
-    frozen_stages = {"head_only": None, "block2": {"root", "block1", "block2"}, "block4": {"root", "block1", "block2", "block3", "block4"}}[freeze]
+    frozen_stages = {
+        "head_only": None,
+        "block2": {"root", "block1", "block2"},
+        "block4": {"root", "block1", "block2", "block3", "block4"},
+    }[freeze]
     for layer in tuner.model.layers:
         if not layer.weights:
             continue
@@ -282,9 +294,7 @@ def test_freeze_from_a_chosen_depth(freeze):
             changed = any(not np.array_equal(a, b) for a, b in zip(before[layer.name], layer.get_weights()))
             if not layer.trainable:
                 assert not changed, layer.name
-    assert any(
-        not np.array_equal(a, b) for a, b in zip(before["head"], tuner.model.get_layer("head").get_weights())
-    )
+    assert any(not np.array_equal(a, b) for a, b in zip(before["head"], tuner.model.get_layer("head").get_weights()))
 
 
 def test_freeze_is_a_setting_of_each_run_not_a_one_way_change():
@@ -371,7 +381,9 @@ def test_labels_beyond_the_head_and_pixels_outside_0_255_are_refused():
 def test_variant_name_with_weights_file_and_mixed_precision(tmp_path):
     path = str(tmp_path / "tiny.npz")
     bit_keras.save_official(bit_keras.BiT(TINY, num_classes=2), path)
-    tuner = BiTFineTuner(TINY, weights=path, num_classes=2, mixed_precision="mixed_bfloat16", batch_size=8, steps=2, sizes=(40, 32))
+    tuner = BiTFineTuner(
+        TINY, weights=path, num_classes=2, mixed_precision="mixed_bfloat16", batch_size=8, steps=2, sizes=(40, 32)
+    )
     assert tuner.model.get_layer("root_conv").compute_dtype == "bfloat16"
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
     images, labels = colour_task(16)
@@ -445,3 +457,76 @@ def test_release_weights_for_a_variant_without_a_release_is_an_error():
     with pytest.raises(ValueError, match="R1-1-1-1x1 has no released weights"):
         BiTFineTuner(TINY, num_classes=2)
     assert BiTFineTuner(TINY, num_classes=2, weights=None).model.output.shape == (None, 2)
+
+
+# --------------------------------------------- what users rely on, each caught when it breaks
+
+
+def test_predict_scales_pixels_to_minus_one_one_as_training_does():
+    tuner = tuner_for()
+    tuner.dataset_size, tuner.image_size = 16, (12, 12)
+    images = np.random.default_rng(0).integers(0, 256, (3, 12, 12, 3)).astype("uint8")
+    resized = keras.ops.convert_to_numpy(keras.ops.image.resize(images.astype("float32"), (32, 32)))
+    expected = tuner.model.predict((resized - 127.5) / 127.5, verbose=0)
+    np.testing.assert_allclose(tuner.predict(images), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fine_tuning_applies_no_weight_decay():
+    """BiT fine-tunes without weight decay: a zero gradient leaves a weight where momentum puts it."""
+    images, labels = colour_task(16)
+    tuner = tuner_for(steps=1)
+    tuner.fit((images, labels), verbose=0)
+    optimizer, variable = tuner.model.optimizer, tuner.model.get_layer("root_conv").kernel
+    optimizer.reset()
+    before = keras.ops.convert_to_numpy(variable).copy()
+    optimizer.apply([keras.ops.zeros_like(variable)], [variable])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), before)
+
+
+class _EpochWeights(keras.callbacks.Callback):
+    """Sets the head's bias to the epoch number before `_KeepBest` sees the epoch end, and fakes its score."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores = scores
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.get_layer("head").bias.assign(keras.ops.full((2,), float(epoch)))
+        logs["val_accuracy"] = self.scores[epoch]
+
+
+def test_best_keras_holds_the_best_epoch_not_the_last(tmp_path):
+    from bit_keras import training
+
+    model = bit_keras.BiT(TINY, num_classes=2)
+    keep = training._KeepBest(str(tmp_path / "best.keras"), "val_accuracy")
+    fake = _EpochWeights([0.5, 0.9, 0.7])
+    for callback in (fake, keep):
+        callback.set_model(model)
+    for epoch in range(3):
+        logs = {}
+        fake.on_epoch_end(epoch, logs)
+        keep.on_epoch_end(epoch, logs)
+    best = keras.saving.load_model(tmp_path / "best.keras", compile=False)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(best.get_layer("head").bias), [1.0, 1.0])
+
+
+def test_best_keras_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    from bit_keras import training
+
+    model = bit_keras.BiT(TINY, num_classes=2)
+    keep = training._KeepBest(str(tmp_path / "best.keras"), "val_accuracy")
+    keep.set_model(model)
+    keep.on_epoch_end(0, {"val_accuracy": 0.5})
+    previous = (tmp_path / "best.keras").read_bytes()
+
+    def full_disk(path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(previous[:100])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(model, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        keep.on_epoch_end(1, {"val_accuracy": 0.9})
+    assert (tmp_path / "best.keras").read_bytes() == previous
+    assert sorted(os.listdir(tmp_path)) == ["best.keras"]

@@ -238,8 +238,7 @@ def test_read_saved_model_matches_official_names_anywhere(state, tmp_path):
     """A module laid out like a published TF-Hub one: official names under a prefix, a Dense head."""
     module = tf.Module()
     module.weights = [
-        tf.Variable(value[0, 0] if key == checkpoints.HEAD_KERNEL else value, name=f"bit_m/{key}")
-        for key, value in state.items()
+        tf.Variable(value[0, 0] if key == checkpoints.HEAD_KERNEL else value, name=f"bit_m/{key}") for key, value in state.items()
     ]
     path = str(tmp_path / "published")
     tf.saved_model.save(module, path)

@@ -92,14 +92,6 @@ def test_hyperrule_bundle_matches_the_functions_and_prints_a_table():
         assert fragment in text
 
 
-def test_learning_rate_counts_updates_under_gradient_accumulation():
-    schedule = hyperrule.learning_rate(1_000, steps_per_update=4)
-    plain = hyperrule.learning_rate(1_000)
-    for update in (0, 1, 99, 100, 201, 450):
-        for micro_step in range(4):
-            assert float(schedule(4 * update + micro_step)) == pytest.approx(float(plain(update)))
-
-
 def test_overrides_scale_the_schedule_and_are_reported():
     rule = hyperrule.HyperRule(dataset_size=1_000, image_size=(8, 8), steps=50, sizes=(40, 32))
     assert rule.resolution == (40, 32)

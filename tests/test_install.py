@@ -11,10 +11,10 @@ import os
 import subprocess
 import sys
 
+import local_tfds.shades  # noqa: F401  (registers bit_keras_local_shades)
 import numpy as np
 from packaging.requirements import Requirement
 
-import local_tfds.shades  # noqa: F401  (registers bit_keras_local_shades)
 from bit_keras import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -133,7 +133,9 @@ def test_standardized_conv_under_mixed_bfloat16_uses_float32_kernel():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.cast(out, "float32")), expected, rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize("layer", [StandardizedConv2D(6, 3, strides=2, padding="same"), GroupNormalization(groups=2, epsilon=1e-4)])
+@pytest.mark.parametrize(
+    "layer", [StandardizedConv2D(6, 3, strides=2, padding="same"), GroupNormalization(groups=2, epsilon=1e-4)]
+)
 def test_layers_serialize(layer):
     config = layer.get_config()
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))

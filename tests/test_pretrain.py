@@ -44,7 +44,9 @@ def test_learning_rate_and_weight_decay_follow_the_recipe_at_every_step():
     momentum = keras.ops.convert_to_numpy(optimizer.momentums[optimizer._get_variable_index(variable)]).copy()
     lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
     optimizer.apply([keras.ops.zeros_like(variable)], [variable])
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), before + 0.9 * momentum - lr * 1e-4 * before, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(variable), before + 0.9 * momentum - lr * 1e-4 * before, rtol=1e-6, atol=1e-9
+    )
 
 
 def test_a_short_run_learns_and_returns_a_bit_model(tmp_path):

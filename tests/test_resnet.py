@@ -162,7 +162,9 @@ def test_model_group_norm_epsilon_is_1e_5():
 
 
 @pytest.mark.backends
-@pytest.mark.parametrize("flags,warns", [({"avx2", "fma"}, True), ({"avx2", "avx512_bf16"}, False), ({"amx_bf16"}, False), (None, False)])
+@pytest.mark.parametrize(
+    "flags,warns", [({"avx2", "fma"}, True), ({"avx2", "avx512_bf16"}, False), ({"amx_bf16"}, False), (None, False)]
+)
 def test_mixed_bfloat16_warns_on_a_cpu_that_emulates_it(tiny, monkeypatch, flags, warns):
     from bit_keras import distribute
 

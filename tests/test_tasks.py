@@ -68,8 +68,10 @@ def test_a_folder_without_validation_holds_out_part_of_train_never_the_test_spli
     task = tasks.load(str(tmp_path))
     assert task.splits == ("train 90%", "train 10% hold-out", "test")
     assert (task.train.num_examples, task.validation.num_examples, task.test.num_examples) == (18, 2, 6)
-    levels = {split: {int(image[0, 0, 0]) for image, _ in source.dataset.as_numpy_iterator()}
-              for split, source in (("validation", task.validation), ("train", task.train), ("test", task.test))}
+    levels = {
+        split: {int(image[0, 0, 0]) for image, _ in source.dataset.as_numpy_iterator()}
+        for split, source in (("validation", task.validation), ("train", task.train), ("test", task.test))
+    }
     assert max(levels["validation"]) < 100 and min(levels["test"]) >= 100  # held out of train/, not test/
     assert not levels["validation"] & levels["train"] and levels["validation"] | levels["train"] == set(range(20))
     # The hold-out and the rest stay readable in any order: a training epoch is a permutation of the rest.

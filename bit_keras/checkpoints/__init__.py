@@ -32,7 +32,6 @@ from bit_keras.checkpoints.mapping import (
     HEAD_KERNEL,
     ROOT_KERNEL,
     TABLES,
-    WS_EPSILON,
     canonical_key,
     describe,
     from_official,
@@ -58,11 +57,11 @@ from bit_keras.checkpoints.validate import check_values, load_state
 from bit_keras.checkpoints.writing import (
     atomic_file,
     atomic_folder,
+    process_alive,
     refuse_existing,
     remove_stale,
+    save_keras,
     save_official,
     save_timm,
     save_transformers,
 )
-
-_check_complete = check_complete  # the former private name

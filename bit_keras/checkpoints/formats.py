@@ -56,7 +56,9 @@ def require(module, package):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(f"This needs the optional package {package!r}: {EXTRAS.get(package, 'pip install ' + package)}.") from None
+        raise ImportError(
+            f"This needs the optional package {package!r}: {EXTRAS.get(package, 'pip install ' + package)}."
+        ) from None
 
 
 # ------------------------------------------------------------------ official files
@@ -106,16 +108,47 @@ def read_h5(path):
 # ------------------------------------------------------------- PyTorch families
 
 
+_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "U8": "u1", "BOOL": "?"}
+
+
 def read_safetensors(path):
-    """The raw tensors of a `.safetensors` file (no torch needed)."""
+    """The raw tensors of a `.safetensors` file (no torch needed); bfloat16 ones upcast to float32."""
     safetensors_numpy = require("safetensors.numpy", "safetensors")
     try:
         return dict(safetensors_numpy.load_file(path))
     except Exception as error:  # SafetensorError, or a dtype NumPy lacks (bfloat16)
+        bfloat16 = _read_bfloat16_safetensors(path)
+        if bfloat16 is not None:
+            return bfloat16
         raise ValueError(
-            f"{path} is not a readable .safetensors file ({error}); it may be truncated. "
-            f"Delete it and download it again."
+            f"{path} is not a readable .safetensors file ({error}); it may be truncated. Delete it and download it again."
         ) from None
+
+
+def _read_bfloat16_safetensors(path):
+    """The tensors of a `.safetensors` file holding bfloat16 ones (NumPy has no bfloat16): upcast, exactly, to float32.
+
+    None when the file holds no bfloat16 tensor or cannot be parsed (the caller reports it).
+    """
+    try:
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(length))
+            body = f.read()
+        entries = {key: entry for key, entry in header.items() if key != "__metadata__"}
+        if not any(entry["dtype"] == "BF16" for entry in entries.values()):
+            return None
+        state = {}
+        for key, entry in entries.items():
+            start, end = entry["data_offsets"]
+            if entry["dtype"] == "BF16":  # the high half of a float32
+                value = (np.frombuffer(body[start:end], "<u2").astype(np.uint32) << 16).view(np.float32)
+            else:
+                value = np.frombuffer(body[start:end], _SAFETENSORS_DTYPES[entry["dtype"]])
+            state[key] = value.reshape(entry["shape"]).copy()
+        return state
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def read_torch(path):
@@ -149,7 +182,7 @@ def read_torch(path):
         )
     state = {}
     for key, tensor in payload.items():
-        key = key[len("module."):] if key.startswith("module.") else key
+        key = key[len("module.") :] if key.startswith("module.") else key
         tensor = tensor.detach().cpu()
         state[key] = (tensor.float() if tensor.is_floating_point() else tensor).numpy()
     return state
@@ -304,9 +337,7 @@ def _model_nodes(graph):
     """
     slots = {slot.slot_variable_node_id for node in graph.nodes for slot in node.slot_variables}
     optimizers = {
-        node_id
-        for node_id, node in enumerate(graph.nodes)
-        if any(child.local_name in _OPTIMIZER_STEP for child in node.children)
+        node_id for node_id, node in enumerate(graph.nodes) if any(child.local_name in _OPTIMIZER_STEP for child in node.children)
     }
     seen, stack = set(), [0]
     while stack:
@@ -328,7 +359,9 @@ def read_keras(path):
     import bit_keras  # noqa: F401  (registers the layers the file names: bit_keras>StandardizedConv2D, ...)
 
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a complete .keras file (not a readable zip archive); it may be truncated. Save it again.")
+        raise ValueError(
+            f"{path} is not a complete .keras file (not a readable zip archive); it may be truncated. Save it again."
+        )
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:

@@ -20,10 +20,6 @@ import numpy as np
 HEAD_KERNEL = "resnet/head/conv2d/kernel"
 HEAD_BIAS = "resnet/head/conv2d/bias"
 ROOT_KERNEL = "resnet/root_block/standardized_conv2d/kernel"
-HEAD_KEYS = (HEAD_KERNEL, HEAD_BIAS)
-
-# Weight-standardisation epsilon each family's own code uses.
-WS_EPSILON = {"official": 1e-10, "timm": 1e-8, "transformers": 1e-8}
 
 # --------------------------------------------------------------- the tables
 # Rows: (official template, family template, layout). `{b}`/`{u}` are the

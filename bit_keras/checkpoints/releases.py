@@ -101,7 +101,7 @@ def fetch(name):
     if kaggle:
         return download_kaggle(kaggle["short"] or kaggle["long"])
     hf = _HF_REPO.match(name)
-    if hf and not os.path.splitext(name)[1] in (".npz", ".h5", ".keras", ".safetensors", ".pth", ".bin"):
+    if hf and os.path.splitext(name)[1] not in (".npz", ".h5", ".keras", ".safetensors", ".pth", ".bin"):
         return download_hf(hf["repo"])
     return None
 
@@ -123,7 +123,15 @@ def download(name, origin=None):
     folder = cache_dir()
     os.makedirs(folder, exist_ok=True)
     filename = os.path.basename(release.path) if not release.path.startswith("distill/") else f"{name}.npz"
-    path = keras.utils.get_file(fname=filename, origin=origin or release.url, cache_dir=folder, cache_subdir=".")
+    url = origin or release.url
+    try:
+        path = keras.utils.get_file(fname=filename, origin=url, cache_dir=folder, cache_subdir=".")
+    except Exception as error:  # keras raises a bare Exception for URL and HTTP failures
+        raise ValueError(
+            f"{name} is not in the cache ({folder}) and could not be downloaded from {url} "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). Check the network, "
+            f"or download the file by hand into {folder}, or pass its local path as weights=."
+        ) from None
     _checked(path, f"{name} from {origin or release.url}")
     return path
 

@@ -26,7 +26,7 @@ from bit_keras.checkpoints.validate import check_values
 _TAG = ".bit-keras-tmp"
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
 _TEMPORARY = re.compile(
-    rf"^\.(?P<base>.+){re.escape(_TAG)}\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[0-9a-f]+(?P<previous>\.previous)?$"
+    rf"^\.(?P<base>.+){re.escape(_TAG)}\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[0-9a-f]+(?:\.keras)?(?P<previous>\.previous)?$"
 )
 
 
@@ -36,7 +36,8 @@ def refuse_existing(path, overwrite):
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it, or choose another path.")
 
 
-def _alive(pid):
+def process_alive(pid):
+    """Whether a process `pid` of this host still runs."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -59,7 +60,7 @@ def remove_stale(folder):
         return removed
     for name in names:
         match = _TEMPORARY.match(name)
-        if match and match["host"] == _HOST and not _alive(int(match["pid"])):
+        if match and match["host"] == _HOST and not process_alive(int(match["pid"])):
             target = os.path.join(folder, match["base"])
             if match["previous"] and not os.path.lexists(target):
                 os.rename(os.path.join(folder, name), target)
@@ -76,7 +77,7 @@ def _remove(path):
         os.remove(path)
 
 
-def _prepare(path, overwrite):
+def _prepare(path, overwrite, suffix=""):
     """Absolute path, its folder created, the stale temporaries there removed, a fresh temporary name."""
     path = os.path.abspath(os.fspath(path))
     refuse_existing(path, overwrite)
@@ -86,13 +87,17 @@ def _prepare(path, overwrite):
     except OSError as error:
         raise OSError(f"Cannot create the folder {folder} for {path}: {error.strerror or error}.") from None
     remove_stale(folder)
-    name = f".{os.path.basename(path)}{_TAG}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}"
+    name = f".{os.path.basename(path)}{_TAG}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}{suffix}"
     return path, os.path.join(folder, name)
 
 
 @contextlib.contextmanager
-def atomic_file(path, overwrite=False):
+def atomic_file(path, overwrite=False, suffix=""):
     """Yields a temporary file name beside `path`; renamed to `path` when the body succeeds.
+
+    `suffix` ends the temporary name, for writers that insist on one (".keras"
+    for `model.save`). A temporary left by a killed writer is removed by the
+    next write into the same folder.
 
     Example:
 
@@ -103,7 +108,7 @@ def atomic_file(path, overwrite=False):
     >>> open(target).read(), os.listdir(os.path.dirname(target))
     ('done', ['a.txt'])
     """
-    path, tmp = _prepare(path, overwrite)
+    path, tmp = _prepare(path, overwrite, suffix)
     try:
         os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # the umask applies
     except OSError as error:
@@ -202,6 +207,24 @@ def save_official(model, path, overwrite=False):
             np.savez(f, **state)
 
 
+def save_keras(model, path, overwrite=False):
+    """`model.save(path)` to a `.keras` file, atomically: a full disk or a kill never leaves half a file.
+
+    Example:
+
+    >>> import bit_keras, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "tiny.keras")
+    >>> save_keras(bit_keras.BiT(bit_keras.Variant((1, 1, 1, 1)), num_classes=2), path)
+    >>> os.listdir(os.path.dirname(path))
+    ['tiny.keras']
+    """
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"save_keras writes a .keras file; give a path ending in .keras, got {path!r}.")
+    with atomic_file(path, overwrite, suffix=".keras") as tmp:
+        model.save(tmp)
+
+
 def save_timm(model, path, overwrite=False):
     """Writes `model` as a timm ResNetV2-BiT state dict in `.safetensors`, atomically.
 
@@ -295,7 +318,7 @@ def save_transformers(model, path, class_names=None, overwrite=False):
     config = transformers_config(official, class_names)
     state = from_official("transformers", official)
     if HEAD_KERNEL not in official:  # a BitModel: the body without the "bit." prefix
-        state = {key[len("bit."):]: value for key, value in state.items()}
+        state = {key[len("bit.") :]: value for key, value in state.items()}
     with atomic_folder(path, overwrite) as folder:
         safetensors_numpy.save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(folder, "config.json"), "w") as f:
