@@ -50,6 +50,17 @@ def flag(name, value):
     return bool(value)
 
 
+def crop_area(value):
+    """(low, high): the share of the image area a random crop covers, 0 < low <= high <= 1."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"crop_area must be (low, high) fractions of the image area, got {value!r}.") from None
+    if not 0 < low <= high <= 1:
+        raise ValueError(f"crop_area must satisfy 0 < low <= high <= 1, got {value!r}; the recipe's is (0.08, 1.0).")
+    return low, high
+
+
 def sizes(value, name="sizes"):
     """(resize, crop): two positive integers with crop <= resize."""
     try:

@@ -19,9 +19,6 @@ bit-keras ...
 import argparse
 import sys
 
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
-MIXED_PRECISION = ("mixed_bfloat16", "mixed_float16")
-
 
 def main(argv=None):
     """Runs `bit-keras`; returns the exit status."""
@@ -46,7 +43,7 @@ def main(argv=None):
 
 def build_parser():
     """The parser of `bit-keras` and its sub-commands."""
-    from bit_keras import demo
+    from bit_keras import config, demo, hyperrule, pretrain
     from hub_export import __main__ as hub_export_cli
 
     parser = argparse.ArgumentParser(prog="bit-keras", description="Big Transfer (BiT) for Keras 3: " + __doc__.splitlines()[0])
@@ -64,22 +61,9 @@ def build_parser():
     )
     add_data_flags(finetune_parser)
     finetune_parser.add_argument("--examples_per_class", type=int, help="few-shot: train on k examples per class")
-    add_model_flags(finetune_parser, default_variant="BiT-M-R50x1", default_batch_size=512, lr_rule="0.003 x batch/512")
-    finetune_parser.add_argument("--steps", type=int, help="override the HyperRule's number of steps (quick runs)")
-    finetune_parser.add_argument("--sizes", type=_sizes, help="override the HyperRule's resize,crop (quick runs), e.g. 40,32")
-    finetune_parser.add_argument(
-        "--flip",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="random left-right flips (on, as the official code); --no-flip where a mirror image changes the label",
-    )
-    finetune_parser.add_argument(
-        "--random_crop",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="random crops of the resized image (on, as the official code); --no-random_crop resizes to the crop size",
-    )
-    add_training_flags(finetune_parser)
+    add_model_flags(finetune_parser, default_variant="BiT-M-R50x1")
+    config.add_flags(finetune_parser, config.RunConfig, batch_size=hyperrule.REFERENCE_BATCH_SIZE, seed=0)
+    config.add_flags(finetune_parser, config.FineTuneRecipe)
     add_output_flags(finetune_parser)
     finetune_parser.set_defaults(run=run_finetune)
 
@@ -90,18 +74,10 @@ def build_parser():
     add_model_flags(
         pretrain_parser,
         default_variant="BiT-S-R50x1",
-        default_batch_size=4096,
-        lr_rule="0.03 x batch/256",
         weights_help="'none' (fresh weights, the default) or weights to start from: a file or a SavedModel folder",
     )
-    pretrain_parser.add_argument(
-        "--weight_decay", type=float, default=1e-4, help="L2 weight decay added to the gradient (the recipe's is 1e-4)"
-    )
-    pretrain_parser.add_argument("--epochs", type=int, default=90, help="epochs; LR decays at 30/60/80 of 90 scale with them")
-    pretrain_parser.add_argument("--steps", type=int, help="override --epochs with a number of steps (quick runs)")
-    pretrain_parser.add_argument("--image_size", type=int, default=224, help="training resolution (the recipe's is 224)")
-    add_training_flags(pretrain_parser)
-    pretrain_parser.add_argument("--backup_every", type=int, help="steps between backups in --checkpoint_dir")
+    config.add_flags(pretrain_parser, config.RunConfig, batch_size=pretrain.UPSTREAM_BATCH_SIZE, seed=0)
+    config.add_flags(pretrain_parser, config.PretrainRecipe)
     add_output_flags(pretrain_parser)
     pretrain_parser.set_defaults(run=run_pretrain)
 
@@ -126,7 +102,7 @@ def add_data_flags(parser):
     parser.add_argument("--tfds_data_dir", help="where tensorflow-datasets keeps its data (its default when unset)")
 
 
-def add_model_flags(parser, *, default_variant, default_batch_size, lr_rule, weights_help=None):
+def add_model_flags(parser, *, default_variant, weights_help=None):
     parser.add_argument(
         "--variant", default=default_variant, help="e.g. BiT-M-R50x1, or R{u1}-{u2}-{u3}-{u4}x{width} for a custom size"
     )
@@ -135,24 +111,6 @@ def add_model_flags(parser, *, default_variant, default_batch_size, lr_rule, wei
         default="release" if weights_help is None else "none",
         help=weights_help or "'release' (the variant's released checkpoint), 'none', a file or a SavedModel folder",
     )
-    parser.add_argument("--batch_size", type=int, default=default_batch_size, help="global batch of one update")
-    parser.add_argument(
-        "--base_lr",
-        type=float,
-        help=f"the peak learning rate, used as given at any batch (as the official --base_lr); by default the recipe's {lr_rule}",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (weights, data order, augmentation, few-shot draw)")
-
-
-def add_training_flags(parser):
-    """Flags of the training engine; the examples/ scripts take them too."""
-    parser.add_argument("--batch_split", type=int, default=1, help="accumulate gradients over this many micro-batches")
-    parser.add_argument("--mixed_precision", choices=MIXED_PRECISION, help="train in bfloat16 (TPU, recent GPUs) or float16")
-    parser.add_argument(
-        "--strategy", choices=STRATEGIES, help="tf.distribute strategy; when unset, one device, or the TPU that --tpu names"
-    )
-    parser.add_argument("--tpu", help="TPU name or address for --strategy tpu (empty on a TPU VM)")
-    parser.add_argument("--checkpoint_dir", help="back up here to resume after an interruption; keeps the best model")
 
 
 def add_output_flags(parser):
@@ -182,16 +140,6 @@ def check_outputs(args):
             raise ValueError(f"{flag} {path}: {folder} is not a writable folder. Choose a path in a writable folder.")
 
 
-def strategy_options(args):
-    """`strategy=` / `tpu=` for a trainer, only when given: otherwise the trainer's own default."""
-    options = {}
-    if getattr(args, "strategy", None):
-        options["strategy"] = args.strategy
-    if getattr(args, "tpu", None) is not None:
-        options["tpu"] = args.tpu
-    return options
-
-
 def weights_option(text):
     return None if text.lower() == "none" else text
 
@@ -201,9 +149,10 @@ def weights_option(text):
 
 def run_finetune(args):
     import bit_keras
-    from bit_keras import finetune, tasks
+    from bit_keras import config, finetune, tasks
 
     check_outputs(args)
+    recipe, run = config.from_flags(args, config.FineTuneRecipe), config.from_flags(args, config.RunConfig)
     variant = bit_keras.get_variant(args.variant)
     weights = weights_option(args.weights)
     if weights == "release":  # refused before any data is read
@@ -213,22 +162,7 @@ def run_finetune(args):
         f"[data] {task.name}: {task.train.num_examples} training ({task.splits[0]}), {task.validation.num_examples} "
         f"validation ({task.splits[1]}), {task.test.num_examples} test ({task.splits[2]}) examples, {task.train.num_classes} classes"
     )
-    tuner = bit_keras.BiTFineTuner(
-        variant,
-        weights=weights,
-        num_classes=task.train.num_classes,
-        batch_size=args.batch_size,
-        base_lr=args.base_lr,
-        batch_split=args.batch_split,
-        mixed_precision=args.mixed_precision,
-        checkpoint_dir=args.checkpoint_dir,
-        seed=args.seed,
-        steps=args.steps,
-        sizes=args.sizes,
-        flip=args.flip,
-        random_crop=args.random_crop,
-        **strategy_options(args),
-    )
+    tuner = bit_keras.BiTFineTuner(variant, recipe, run, weights=weights, num_classes=task.train.num_classes)
     print(f"[model] {variant.name}, weights from {tuner.model.weights_source or 'random initialisation'}")
     tuner.fit(task.train, validation_data=task.validation)
     top1 = tuner.evaluate(task.test, verbose=0)["accuracy"]
@@ -239,9 +173,10 @@ def run_finetune(args):
 
 def run_pretrain(args):
     import bit_keras
-    from bit_keras import tasks
+    from bit_keras import config, tasks
 
     check_outputs(args)
+    recipe, run = config.from_flags(args, config.PretrainRecipe), config.from_flags(args, config.RunConfig)
     task = tasks.load(args.dataset, data_dir=args.tfds_data_dir, seed=args.seed)
     print(
         f"[data] {task.name}: {task.train.num_examples} training ({task.splits[0]}) and {task.validation.num_examples} "
@@ -251,25 +186,9 @@ def run_pretrain(args):
     weights = weights_option(args.weights)
     print(f"[model] {variant.name}, {'fresh weights' if weights is None else 'weights ' + weights}")
     model_or_variant = variant if weights is None else bit_keras.BiT(variant, weights=weights, num_classes=task.train.num_classes)
-    pretrainer = bit_keras.BiTPretrainer(
-        model_or_variant,
-        num_classes=task.train.num_classes,
-        batch_size=args.batch_size,
-        base_lr=args.base_lr,
-        weight_decay=args.weight_decay,
-        epochs=args.epochs,
-        steps=args.steps,
-        image_size=args.image_size,
-        batch_split=args.batch_split,
-        mixed_precision=args.mixed_precision,
-        checkpoint_dir=args.checkpoint_dir,
-        backup_every=args.backup_every,
-        seed=args.seed,
-        **strategy_options(args),
-    )
-    history = pretrainer.fit(task.train, validation_data=task.validation)
-    del history
-    top1 = _evaluate(pretrainer.model, task.validation, args.image_size, args.batch_size // args.batch_split)
+    pretrainer = bit_keras.BiTPretrainer(model_or_variant, recipe, run, num_classes=task.train.num_classes)
+    pretrainer.fit(task.train, validation_data=task.validation)
+    top1 = _evaluate(pretrainer.model, task.validation, recipe.image_size, pretrainer.engine.micro_batch)
     write_outputs(pretrainer.model, args)
     steps = pretrainer.schedule(task.train.num_examples).total_steps
     print(f"result: dataset={task.name} variant={variant.name} steps={steps} top-1={top1:.4f}")
@@ -303,14 +222,6 @@ def write_outputs(model, args):
 
         hub_export.export(model, args.export_dir, flavor="classification", overwrite=args.overwrite)
         print(f"[export] wrote the TF-Hub-format SavedModel {args.export_dir} (images in [0, 1])")
-
-
-def _sizes(text):
-    try:
-        resize, crop = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--sizes takes resize,crop such as 40,32; got {text!r}.") from None
-    return resize, crop
 
 
 if __name__ == "__main__":

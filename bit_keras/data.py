@@ -10,6 +10,7 @@ design; the models themselves are backend-agnostic.
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import os
 import pathlib
 import warnings
@@ -283,6 +284,25 @@ def as_source(data, num_classes=None, dataset_size=None):
     )
 
 
+def digest(source, examples=16):
+    """A short digest of `source`: its size and its first `examples` examples' pixels and labels.
+
+    Cheap (a few images are read), and enough to tell a resumed run that its
+    data is not the data it was started on, even at the same size.
+
+    >>> import numpy as np
+    >>> a = from_arrays(np.zeros((4, 8, 8, 3), "uint8"), [0, 1, 0, 1])
+    >>> b = from_arrays(np.ones((4, 8, 8, 3), "uint8"), [0, 1, 0, 1])
+    >>> digest(a) == digest(a), digest(a) == digest(b)
+    (True, False)
+    """
+    hashed = hashlib.sha256(str(source.num_examples).encode())
+    for image, label in source.dataset.take(examples).as_numpy_iterator():
+        hashed.update(np.ascontiguousarray(image).tobytes())
+        hashed.update(np.int64(label).tobytes())
+    return hashed.hexdigest()[:16]
+
+
 def first_example(source):
     """The first (image, label) of `source`, or a clear error when it yields none.
 
@@ -520,7 +540,7 @@ def upstream_pipeline(
 
     _check_positive(image_size=image_size, batch_size=batch_size)
     _check_one_batch(source, batch_size, repeat)
-    low, high = _check_crop_area(crop_area)
+    low, high = arguments.crop_area(crop_area)
     # Built once, outside the map function: a layer made inside it would be re-made at every trace.
     crop_and_resize = keras_cv.layers.RandomCropAndResize(
         target_size=(image_size, image_size), crop_area_factor=(low, high), aspect_ratio_factor=(3 / 4, 4 / 3)
@@ -537,16 +557,6 @@ def upstream_pipeline(
     dataset = _example_stream(source, seed, shuffle_buffer, repeat, start_batch * batch_size)
     dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return _batches(dataset, source.num_classes, batch_size, 0.0, batch_split)
-
-
-def _check_crop_area(crop_area):
-    try:
-        low, high = (float(v) for v in crop_area)
-    except (TypeError, ValueError):
-        raise ValueError(f"crop_area must be (low, high) fractions of the image area, got {crop_area!r}.") from None
-    if not 0 < low <= high <= 1:
-        raise ValueError(f"crop_area must satisfy 0 < low <= high <= 1, got {crop_area!r}; the recipe's is (0.08, 1.0).")
-    return low, high
 
 
 def _inception_box(image, seed, low_area=0.08, high_area=1.0):

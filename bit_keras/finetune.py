@@ -5,10 +5,9 @@ import warnings
 import keras
 import numpy as np
 
-from bit_keras import arguments, checkpoints, data, hyperrule, training
+from bit_keras import arguments, checkpoints, config, data, hyperrule, training
+from bit_keras.models import BiT
 from bit_keras.resnet import get_variant, variants
-
-FREEZE_POINTS = ("root", "block1", "block2", "block3", "block4", "head_only")
 
 
 def release_name(variant):
@@ -45,47 +44,27 @@ class BiTFineTuner:
         image_size: (height, width) of the original images; read from the
             first training example when not given.
         num_classes: classes of the task; the model's head must have as many.
-        batch_size: the global batch (512 in the rule).
-        base_lr: None (the rule's LR: 0.003 at batch 512, scaled linearly
-            with `batch_size`), or the peak LR used as given at any batch,
-            as the official `--base_lr` is.
-        batch_split: accumulate gradients over this many micro-batches, so a
-            batch of 512 fits in small memory. GroupNorm has no batch
-            statistics, and mixup mixes the whole batch before it is split,
-            so the updates equal the whole batch's.
-        rule: "paper" (448 -> 384 px for large images) or "official" (512 -> 480).
-        strategy: where to train: "auto", "tpu", "mirrored", "multi_worker",
-            "default" or a `tf.distribute.Strategy` (see
-            `bit_keras.distribute.resolve_strategy`); None is one device, or
-            the TPU that `tpu` names. `batch_size` stays the global batch,
-            split over the replicas; the LR does not change.
-        tpu: the TPU's name or grpc:// address; implies strategy="tpu".
-        mixed_precision: None, "mixed_bfloat16" or "mixed_float16"; needs a
-            variant name, since an existing model keeps its dtype policy.
-        checkpoint_dir: where to back up training (a restart with the same
-            arguments resumes from the last backup and ends as an
-            uninterrupted run would) and keep the best model (`best.keras`).
-        backup_every: a backup every this many updates; ten per run by default.
-        seed: seeds weights, the data order, augmentation and mixup.
-        freeze: None (train everything), "head_only", or a stage ("root",
-            "block1".."block4"): that stage and all before it are frozen;
-            the final GroupNorm (`pre_head_gn`) and the head stay trainable,
-            so freeze="block4" trains those two only.
+        recipe: a `config.FineTuneRecipe`: what changes in the rule
+            (`base_lr`, `rule`, `steps`, `sizes`, `flip`, `random_crop`,
+            `freeze`, `zero_head`); its fields can also be passed as keyword
+            arguments, and read or set as attributes between runs.
+        run: a `config.RunConfig`: `batch_size` (the global batch, 512 in the
+            rule), `batch_split`, `strategy` / `tpu`, `mixed_precision` (for a
+            variant; an existing model keeps its dtype policy),
+            `checkpoint_dir` (a restart with the same arguments resumes from
+            the last backup and ends as an uninterrupted run would; it keeps
+            `best.keras`, chosen on the validation data), `backup_every`,
+            `seed`, `jit_compile`; also as keyword arguments.
         weights: for a variant (name or `Variant`), what to load: "release"
             (default: the released checkpoint of that name; an error for a
             variant that has none), None (random weights), or any `BiT` weights.
-        steps: override the rule's number of steps (warm-up and decays scale
-            with it), for quick runs and demos.
-        sizes: override the rule's (resize, crop), for quick runs and demos.
-        jit_compile: "auto" compiles the training step with XLA for
-            TensorFlow runs of at least 100 updates on one device (see
-            `training.Engine.xla`); True or False to choose.
-        zero_head: set the head to zeros first, as BiT fine-tuning does (True);
-            False keeps it, to continue an earlier fine-tune.
-        flip: random left-right flips in training (True, as the official
-            code); turn off where a mirror image changes the label.
-        random_crop: random crops in training (True, as the official code);
-            False resizes straight to the crop size, as evaluation does.
+
+    `base_lr=None` is the rule's LR, 0.003 at batch 512 scaled linearly with
+    the batch; a number is the peak LR used as given, as the official flag.
+    `freeze` takes None, "head_only" or a stage ("root", "block1".."block4"):
+    that stage and all before it are frozen, while the final GroupNorm and
+    the head train. `flip=False` and `random_crop=False` leave out
+    augmentations that would change the label (digits, text).
 
     Example:
 
@@ -99,64 +78,23 @@ class BiTFineTuner:
     def __init__(
         self,
         model_or_variant,
+        recipe=None,
+        run=None,
         *,
         dataset_size=None,
         image_size=None,
         num_classes=None,
-        batch_size=hyperrule.REFERENCE_BATCH_SIZE,
-        base_lr=None,
-        batch_split=1,
-        rule="paper",
-        strategy=None,
-        tpu=None,
-        mixed_precision=None,
-        checkpoint_dir=None,
-        backup_every=None,
-        seed=None,
-        jit_compile="auto",
-        freeze=None,
         weights="release",
-        steps=None,
-        sizes=None,
-        zero_head=True,
-        flip=True,
-        random_crop=True,
+        **settings,
     ):
-        hyperrule.resolution((1, 1), rule)  # validates the rule name now, not at fit time
-        self.engine = training.Engine(
-            batch_size=batch_size,
-            batch_split=batch_split,
-            strategy=strategy,
-            tpu=tpu,
-            checkpoint_dir=checkpoint_dir,
-            backup_every=backup_every,
-            seed=seed,
-            jit_compile=jit_compile,
-        )
+        self.recipe, run = config.resolve(config.FineTuneRecipe, recipe, run, settings, batch_size=hyperrule.REFERENCE_BATCH_SIZE)
+        self.engine = training.Engine(run)
         self.dataset_size = None if dataset_size is None else hyperrule.check_dataset_size(dataset_size)
         self.image_size = image_size
         self._given_sizes = (self.dataset_size, self.image_size)  # the rest is read from each run's data
         self.num_classes = None if num_classes is None else arguments.positive_int("num_classes", num_classes)
-        self.base_lr = None if base_lr is None else arguments.positive_float("base_lr", base_lr)
-        self.rule = rule
-        self.freeze = freeze
-        self.steps = None if steps is None else arguments.positive_int("steps", steps)
-        self.sizes = None if sizes is None else arguments.sizes(sizes)
-        self.flip = arguments.flag("flip", flip)
-        self.random_crop = arguments.flag("random_crop", random_crop)
-        self.model = self._build(model_or_variant, mixed_precision, weights, zero_head)
+        self.model = self._build(model_or_variant, weights)
         self._compiled_schedule = None
-
-    @property
-    def freeze(self):
-        """The depth frozen in this tuner's runs; settable between runs (see `restart`)."""
-        return self._freeze
-
-    @freeze.setter
-    def freeze(self, freeze):
-        if freeze not in (None,) + FREEZE_POINTS:
-            raise ValueError(f"freeze must be None or one of {FREEZE_POINTS}, got {freeze!r}.")
-        self._freeze = freeze
 
     @property
     def batch_size(self):
@@ -258,12 +196,9 @@ class BiTFineTuner:
         self._compile()
         fingerprint = {
             "dataset_size": self.dataset_size,
-            "resolution": list(rule.resolution),
-            "base_lr": self.base_lr,
-            "flip": rule.flip,
-            "random_crop": rule.random_crop,
-            "freeze": self.freeze,
-            "rule": self.rule,
+            "image_size": list(self.image_size),
+            "data": data.digest(source),
+            **config.fingerprint(self.recipe),
         }
         return self.engine.fit(
             self.model,
@@ -338,7 +273,8 @@ class BiTFineTuner:
 
     # ------------------------------------------------------------------ internals
 
-    def _build(self, model_or_variant, mixed_precision, weights, zero_head):
+    def _build(self, model_or_variant, weights):
+        mixed_precision = self.engine.run.mixed_precision
         if isinstance(model_or_variant, keras.Model):
             model = model_or_variant
             if mixed_precision and model.dtype_policy.name != mixed_precision:
@@ -351,9 +287,10 @@ class BiTFineTuner:
         else:
             if weights == "release":
                 weights = release_name(model_or_variant)
-            model = self.engine.build(model_or_variant, weights, self.num_classes, mixed_precision)
+            with self.engine.scope():
+                model = BiT(model_or_variant, weights=weights, num_classes=self.num_classes, mixed_precision=mixed_precision)
         self._check_head(model)
-        if zero_head:
+        if self.zero_head:
             self._zero_head(model)
         self._apply_freeze(model)
         return model
@@ -377,7 +314,8 @@ class BiTFineTuner:
 
     def _apply_freeze(self, model):
         """Makes exactly the layers before `freeze` untrainable, and every other layer trainable again."""
-        frozen_stages = () if self.freeze is None else FREEZE_POINTS[: FREEZE_POINTS.index(self.freeze) + 1]
+        points = config.FREEZE_POINTS
+        frozen_stages = () if self.freeze is None else points[: points.index(self.freeze) + 1]
         for layer in model.layers:
             stage = "root" if layer.name.startswith("root") else layer.name.split("_")[0]
             if self.freeze == "head_only":
@@ -406,3 +344,6 @@ class BiTFineTuner:
         image, _ = data.first_example(source)
         if self.image_size is None:
             self.image_size = tuple(int(d) for d in image.shape[:2])
+
+
+config.recipe_properties(BiTFineTuner, config.FineTuneRecipe)

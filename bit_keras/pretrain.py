@@ -14,7 +14,8 @@ import dataclasses
 
 import keras
 
-from bit_keras import arguments, data, hyperrule, training
+from bit_keras import arguments, config, data, hyperrule, training
+from bit_keras.models import BiT
 
 UPSTREAM_BATCH_SIZE = 4096
 BASE_LR = 0.03  # at batch 256, scaled linearly with the batch when no base_lr is given
@@ -56,7 +57,7 @@ class UpstreamSchedule:
                 "learning rate",
                 f"{self.peak_lr:g} "
                 + ("(base_lr, as given)" if self.lr_given else f"(0.03 x {self.batch_size}/256)")
-                + ", x0.1 after steps {', '.join(f'{b:,}' for b in self.boundaries)}",
+                + f", x0.1 after steps {', '.join(f'{b:,}' for b in self.boundaries)}",
             ),
             ("weight decay", f"{self.weight_decay:g}"),
         ]
@@ -103,24 +104,15 @@ class BiTPretrainer:
         model_or_variant: a `bit_keras.BiT` model, or a variant name /
             `bit_keras.Variant` built with fresh weights.
         num_classes: upstream classes; read from the data when None.
-        batch_size, weight_decay: the recipe's 4096 and 1e-4.
-        base_lr: None (the recipe's 0.03 x batch / 256: 0.48 at 4096), or
-            the peak LR used as given at any batch.
-        epochs: the run's length (90 in the recipe); decays scale with it.
-        steps: the run's length in updates, instead of `epochs`.
-        image_size: side of the training crops (224 in the recipe).
-        crop_area: the share of the image area a random crop covers: the
-            recipe's Inception crops take 8%-100%; tiny images (a digit of
-            8x8 px) keep more of themselves with e.g. (0.5, 1.0).
-        flip: random left-right flips (True, as the recipe); turn off for
-            data whose mirror image changes the label (digits, text).
-        loss: "sigmoid" (the recipe's: one binary cross-entropy per class,
-            summed) or "softmax" (categorical cross-entropy).
-        jit_compile: "auto" compiles the training step with XLA for
-            TensorFlow runs of at least 100 updates on one device (see
-            `training.Engine.xla`); True or False to choose.
-        batch_split, strategy, tpu, mixed_precision, checkpoint_dir,
-        backup_every, seed: as for `BiTFineTuner`.
+        recipe: a `config.PretrainRecipe` (`base_lr`: None is the recipe's
+            0.03 x batch / 256, 0.48 at 4096, a number the peak LR as given;
+            `weight_decay`; `epochs` or `steps`; `image_size`; `crop_area`,
+            the share of the image area an Inception crop covers, where tiny
+            images (a digit of 8x8 px) keep more of themselves with e.g.
+            (0.5, 1.0); `flip`; `loss`, "sigmoid" as the recipe or
+            "softmax"); its fields also as keyword arguments and attributes.
+        run: a `config.RunConfig` (`batch_size`, the recipe's 4096, and the
+            rest as for `BiTFineTuner`); its fields also as keyword arguments.
 
     Example:
 
@@ -131,56 +123,16 @@ class BiTPretrainer:
       dataset        8 examples
       steps          2 at batch 4 (1.0 epochs)
       warm-up        0 steps, linear from 0
-      learning rate  0.00046875, x0.1 after steps 1, 1, 2
+      learning rate  0.00046875 (0.03 x 4/256), x0.1 after steps 1, 1, 2
       weight decay   0.0001
     >>> pretrainer.model.output.shape
     (None, 3)
     """
 
-    def __init__(
-        self,
-        model_or_variant,
-        *,
-        num_classes=None,
-        batch_size=UPSTREAM_BATCH_SIZE,
-        base_lr=None,
-        weight_decay=WEIGHT_DECAY,
-        epochs=EPOCHS,
-        steps=None,
-        image_size=224,
-        crop_area=(0.08, 1.0),
-        flip=True,
-        loss="sigmoid",
-        batch_split=1,
-        strategy=None,
-        tpu=None,
-        mixed_precision=None,
-        checkpoint_dir=None,
-        backup_every=None,
-        seed=None,
-        jit_compile="auto",
-    ):
-        self.engine = training.Engine(
-            batch_size=batch_size,
-            batch_split=batch_split,
-            strategy=strategy,
-            tpu=tpu,
-            checkpoint_dir=checkpoint_dir,
-            backup_every=backup_every,
-            seed=seed,
-            jit_compile=jit_compile,
-        )
-        upstream_schedule(1, batch_size, base_lr, weight_decay, epochs, steps)  # validates the recipe's numbers now
-        self.base_lr, self.weight_decay, self.epochs, self.steps = base_lr, weight_decay, epochs, steps
-        self.image_size = arguments.positive_int("image_size", image_size)
-        self.crop_area = data._check_crop_area(crop_area)
-        if not isinstance(flip, bool):
-            raise ValueError(f"flip must be True or False, got {flip!r}.")
-        self.flip = flip
-        training.loss_function(loss)  # validates the name now, not at fit time
-        self.loss = loss
+    def __init__(self, model_or_variant, recipe=None, run=None, *, num_classes=None, **settings):
+        self.recipe, run = config.resolve(config.PretrainRecipe, recipe, run, settings, batch_size=UPSTREAM_BATCH_SIZE)
+        self.engine = training.Engine(run)
         self.num_classes = None if num_classes is None else arguments.positive_int("num_classes", num_classes)
-        self.mixed_precision = mixed_precision
         self._variant = None
         self.model = None
         if isinstance(model_or_variant, keras.Model):
@@ -231,15 +183,7 @@ class BiTPretrainer:
             validation = data.eval_pipeline(
                 data.as_source(validation_data, classes), crop=self.image_size, batch_size=self.engine.micro_batch
             )
-        fingerprint = {
-            "dataset_size": source.num_examples,
-            "image_size": self.image_size,
-            "base_lr": self.base_lr,
-            "crop_area": list(self.crop_area),
-            "flip": self.flip,
-            "loss": self.loss,
-            "weight_decay": self.weight_decay,
-        }
+        fingerprint = {"dataset_size": source.num_examples, "data": data.digest(source), **config.fingerprint(self.recipe)}
         return self.engine.fit(
             self.model,
             make_train,
@@ -251,4 +195,8 @@ class BiTPretrainer:
         )
 
     def _build(self):
-        self.model = self.engine.build(self._variant, None, self.num_classes, self.mixed_precision)
+        with self.engine.scope():
+            self.model = BiT(self._variant, num_classes=self.num_classes, mixed_precision=self.engine.run.mixed_precision)
+
+
+config.recipe_properties(BiTPretrainer, config.PretrainRecipe)

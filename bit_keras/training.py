@@ -29,9 +29,8 @@ import warnings
 import keras
 import numpy as np
 
-from bit_keras import arguments, checkpoints, distribute, layers
+from bit_keras import arguments, checkpoints, config, distribute, layers
 
-LOSSES = ("softmax", "sigmoid")
 BACKUP_FOLDER = "backup"
 BEST_MODEL = "best.keras"
 EVALUATIONS_PER_RUN = 10  # "epochs" of a run: progress bars, validation and backups
@@ -70,7 +69,7 @@ def loss_function(loss):
         return keras.losses.CategoricalCrossentropy(from_logits=True)
     if loss == "sigmoid":
         return SigmoidCrossEntropy()
-    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}.")
+    raise ValueError(f"loss must be one of {config.LOSSES}, got {loss!r}.")
 
 
 @keras.saving.register_keras_serializable(package="bit_keras")
@@ -161,16 +160,13 @@ class Engine:
     """Runs a recipe's optimizer updates on any strategy, with backups and resume.
 
     Args:
-        batch_size: the global batch of one optimizer update.
-        batch_split: micro-batches per update (gradient accumulation).
-        strategy: a name for `distribute.resolve_strategy` or an instance.
-        tpu: the TPU's name or address, for strategy "tpu" or "auto".
-        checkpoint_dir: where backups (`backup/`) and `best.keras` go.
-        backup_every: a backup every this many updates (rounded down to a
-            divisor of the run's updates); by default ten per run.
-        seed: seeds weights, the input stream and mixup; None draws one,
-            which backups keep so that a resumed run continues the same stream.
-        jit_compile: "auto", True or False; see `xla`.
+        run: a `config.RunConfig` (or its fields as keyword arguments): the
+            global batch and its split, the strategy, mixed precision, the
+            checkpoint folder (`backup/` and `best.keras`) and how often to
+            back up, the seed (None draws one, which backups keep so that a
+            resumed run continues the same stream), and `jit_compile` (see
+            `xla`). The trainers build the model under `scope()` and hand it
+            over; the engine never builds one.
 
     Example:
 
@@ -179,25 +175,13 @@ class Engine:
     (16, 1)
     """
 
-    def __init__(
-        self,
-        *,
-        batch_size,
-        batch_split=1,
-        strategy=None,
-        tpu=None,
-        checkpoint_dir=None,
-        backup_every=None,
-        seed=None,
-        jit_compile="auto",
-    ):
-        if jit_compile not in ("auto", True, False):
-            raise ValueError(f"jit_compile must be 'auto', True or False, got {jit_compile!r}.")
-        self.jit_compile = jit_compile
-        self.batch_size = arguments.positive_int("batch_size", batch_size)
-        self.batch_split = arguments.positive_int("batch_split", batch_split)
-        self.backup_every = None if backup_every is None else arguments.positive_int("backup_every", backup_every)
-        self.strategy = distribute.resolve_strategy(strategy, tpu)
+    def __init__(self, run=None, **settings):
+        self.run = run = run if run is not None else config.RunConfig(**settings)
+        self.jit_compile = run.jit_compile
+        self.batch_size = run.batch_size
+        self.batch_split = run.batch_split
+        self.backup_every = run.backup_every
+        self.strategy = distribute.resolve_strategy(run.strategy, run.tpu)
         self.replicas = distribute.num_replicas(self.strategy)
         if self.batch_size % (self.batch_split * self.replicas):
             raise ValueError(
@@ -205,9 +189,9 @@ class Engine:
                 f"{self.replicas} replica(s), i.e. be a multiple of {self.batch_split * self.replicas}. "
                 f"Change batch_size or batch_split."
             )
-        self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
+        self.checkpoint_dir = None if run.checkpoint_dir is None else os.fspath(run.checkpoint_dir)
         self.fused = True  # until `compile` knows the run's length
-        self._set_seed(seed)
+        self._set_seed(run.seed)
 
     def _set_seed(self, seed):
         self.seed_given = seed is not None
@@ -231,12 +215,6 @@ class Engine:
         """The strategy's scope, in which the engine builds and runs; unfused for the runs `compile` names."""
         with distribute.scope(self.strategy), contextlib.nullcontext() if self.fused else layers.unfused():
             yield
-
-    def build(self, variant, weights=None, num_classes=None, mixed_precision=None):
-        """A `bit_keras.BiT` with every variable made under the strategy."""
-        from bit_keras.models import BiT
-
-        return BiT(variant, weights=weights, num_classes=num_classes, strategy=self.strategy, mixed_precision=mixed_precision)
 
     def adopt(self, model):
         """`model`, or its copy with variables made under the strategy when they were made outside it."""
@@ -319,9 +297,8 @@ class Engine:
         fingerprint = {
             "model": model.name,
             "classes": int(model.output.shape[-1]),
-            "batch_size": self.batch_size,
-            "batch_split": self.batch_split,
             "total_steps": total_steps,
+            **config.fingerprint(self.run),
             **(fingerprint or {}),
         }
         lock = run_lock(self.checkpoint_dir) if self.checkpoint_dir and distribute.is_chief() else contextlib.nullcontext()
@@ -492,12 +469,16 @@ class Backups:
             return None
         path = os.path.join(self.folder, names[-1])
         record = self._read(path, names)
-        for key, value in fingerprint.items():
-            if record["fingerprint"].get(key) != value:
-                raise ValueError(
-                    f"The backup {path} is of another run: {key}={record['fingerprint'].get(key)!r} there, {value!r} now. "
-                    f"Resume with the same arguments, or pass another checkpoint_dir."
-                )
+        differences = [
+            f"{key}={record['fingerprint'].get(key)!r} there, {value!r} now"
+            for key, value in fingerprint.items()
+            if record["fingerprint"].get(key) != value
+        ]
+        if differences:
+            raise ValueError(
+                f"The backup {path} is of another run: {'; '.join(differences)}. "
+                f"Resume with the same arguments, or pass another checkpoint_dir."
+            )
         if seed is not None and seed != record["seed"]:
             raise ValueError(
                 f"The backup {path} was made with seed={record['seed']}, this run has seed={seed}. "

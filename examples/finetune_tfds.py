@@ -13,7 +13,7 @@ first use. `bit-keras finetune` does the same with every flag.
 import argparse
 
 import bit_keras
-from bit_keras import tasks
+from bit_keras import config, tasks
 
 
 def main(argv=None):
@@ -22,32 +22,27 @@ def main(argv=None):
     parser.add_argument("--examples_per_class", type=int, help="few-shot: train on k examples per class")
     parser.add_argument("--variant", default="BiT-M-R50x1")
     parser.add_argument("--weights", default="release", help="'release', 'none', or a checkpoint file")
-    parser.add_argument("--batch_size", type=int, default=512)
-    parser.add_argument("--batch_split", type=int, default=1, help="micro-batches per update, to fit in memory")
-    parser.add_argument("--steps", type=int, help="override the HyperRule's steps (quick runs)")
-    parser.add_argument("--strategy", help="auto, default, mirrored, multi_worker or tpu (the tuner's default: auto)")
-    parser.add_argument("--tpu", help="TPU name or address, with --strategy tpu")
     parser.add_argument("--save", help="write the fine-tuned model: .keras, or .npz (official layout)")
+    config.add_flags(parser, config.RunConfig, seed=0)  # --batch_size, --batch_split, --strategy, --tpu, ...
+    config.add_flags(parser, config.FineTuneRecipe)  # --base_lr, --steps, --sizes, --flip, ...
     args = parser.parse_args(argv)
 
-    task = tasks.load(args.dataset, examples_per_class=args.examples_per_class)
+    task = tasks.load(args.dataset, examples_per_class=args.examples_per_class, seed=args.seed)
     print(
         f"[data] {task.name}: {task.train.num_examples} training, {task.test.num_examples} test examples, {task.train.num_classes} classes"
     )
-    distribution = {key: value for key, value in (("strategy", args.strategy), ("tpu", args.tpu)) if value is not None}
     tuner = bit_keras.BiTFineTuner(
         args.variant,
+        config.from_flags(args, config.FineTuneRecipe),
+        config.from_flags(args, config.RunConfig),
         weights=None if args.weights == "none" else args.weights,
         num_classes=task.train.num_classes,
-        batch_size=args.batch_size,
-        batch_split=args.batch_split,
-        steps=args.steps,
-        **distribution,
     )
     tuner.fit(task.train, validation_data=task.validation)
     print(f"[eval] test top-1 {tuner.evaluate(task.test, verbose=0)['accuracy']:.4f}")
     if args.save:
-        bit_keras.save_official(tuner.model, args.save) if args.save.endswith(".npz") else tuner.model.save(args.save)
+        save = bit_keras.save_official if args.save.endswith(".npz") else bit_keras.checkpoints.save_keras
+        save(tuner.model, args.save)
         print(f"[save] wrote {args.save}")
 
 

@@ -327,15 +327,38 @@ def test_freeze_is_a_setting_of_each_run_not_a_one_way_change():
 
 
 def test_a_resume_refuses_every_changed_argument(tmp_path):
+    """Each field of the recipe and run settings that changes what a run computes is in the fingerprint."""
+    from bit_keras import config
+
     images, labels = colour_task(16)
-    settings = dict(checkpoint_dir=str(tmp_path), steps=2, backup_every=1, base_lr=0.009375)
-    tuner_for(**settings).fit((images, labels), verbose=0)
-    changes = {"base_lr": 0.01, "freeze": "block1", "flip": False, "random_crop": False, "batch_split": 2, "rule": "official"}
+    settings = dict(checkpoint_dir=str(tmp_path), batch_size=16, steps=2, sizes=(40, 32), backup_every=1, seed=0)
+
+    def tuner(**changes):
+        return BiTFineTuner(TINY, weights=None, num_classes=2, **{**settings, **changes})
+
+    tuner().fit((images, labels), verbose=0)
+    changes = {
+        "base_lr": 0.01,
+        "rule": "official",
+        "steps": 4,
+        "sizes": (36, 32),
+        "flip": False,
+        "random_crop": False,
+        "freeze": "block1",
+        "zero_head": False,
+        "batch_size": 8,
+        "batch_split": 2,
+        "mixed_precision": "mixed_float16",
+    }
+    assert set(changes) == set(config.fingerprint(config.FineTuneRecipe(), config.RunConfig()))
     for name, value in changes.items():
-        with pytest.raises(ValueError, match=f"another run: {name}="):
-            tuner_for(**{**settings, name: value}).fit((images, labels), verbose=0)
+        with pytest.raises(ValueError, match=rf"another run: .*\b{name}="):
+            tuner(**{name: value}).fit((images, labels), verbose=0)
+    other_images = images[::-1].copy()  # the same count, other pixels
+    with pytest.raises(ValueError, match=r"another run: .*\bdata="):
+        tuner().fit((other_images, labels), verbose=0)
     with pytest.warns(UserWarning, match="holds a finished run"):  # the same arguments: nothing to resume
-        tuner_for(**settings).fit((images, labels), verbose=0)
+        tuner().fit((images, labels), verbose=0)
 
 
 def test_bad_arguments_are_refused():

@@ -5,7 +5,7 @@ from test_distribute import assert_same_training, finish, start, weights
 from toy_data import colour_task
 
 import bit_keras
-from bit_keras import pretrain
+from bit_keras import config, pretrain
 
 TINY = bit_keras.Variant((1, 1, 1, 1))
 
@@ -92,9 +92,20 @@ def test_a_resume_refuses_changed_recipe_arguments(tmp_path):
     images, labels = colour_task(16)
     settings = dict(num_classes=2, batch_size=8, steps=2, image_size=32, seed=1, backup_every=1, checkpoint_dir=str(tmp_path))
     bit_keras.BiTPretrainer(TINY, **settings).fit((images, labels), verbose=0)
-    for name, value in {"weight_decay": 0.0, "loss": "softmax", "flip": False, "base_lr": 0.1}.items():
-        with pytest.raises(ValueError, match=f"another run: {name}="):
-            bit_keras.BiTPretrainer(TINY, **settings, **{name: value}).fit((images, labels), verbose=0)
+    changes = {
+        "base_lr": 0.1,
+        "weight_decay": 0.0,
+        "epochs": 3,
+        "steps": 4,
+        "image_size": 24,
+        "crop_area": (0.5, 1.0),
+        "flip": False,
+        "loss": "softmax",
+    }
+    assert set(changes) == set(config.fingerprint(config.PretrainRecipe()))
+    for name, value in changes.items():
+        with pytest.raises(ValueError, match=rf"another run: .*\b{name}="):
+            bit_keras.BiTPretrainer(TINY, **{**settings, name: value}).fit((images, labels), verbose=0)
 
 
 def test_upstream_loss_is_sigmoid_cross_entropy_summed_over_classes():

@@ -1,0 +1,224 @@
+"""A run's settings in one place: the engine's `RunConfig` and one frozen recipe per trainer.
+
+Each field carries its help text and how a command line spells it. From these
+dataclasses come the trainers' keyword arguments (`BiTFineTuner(model,
+batch_size=64, flip=False)` fills a `RunConfig` and a `FineTuneRecipe`), the
+`bit-keras` flags (`add_flags`, `from_flags`) and the resume fingerprint
+(`fingerprint`: every field that changes what a run computes), so none of them
+is a list kept by hand. A new trainer is one more recipe dataclass and an
+adapter over `training.Engine`.
+
+Example:
+
+>>> recipe, run = resolve(FineTuneRecipe, settings={"flip": False, "batch_size": 64}, batch_size=512)
+>>> recipe.flip, run.batch_size
+(False, 64)
+>>> sorted(fingerprint(recipe, run))[:4]
+['base_lr', 'batch_size', 'batch_split', 'flip']
+"""
+
+import argparse
+import dataclasses
+
+from bit_keras import arguments
+
+MIXED_PRECISION = ("mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+RULES = ("paper", "official")
+FREEZE_POINTS = ("root", "block1", "block2", "block3", "block4", "head_only")
+LOSSES = ("softmax", "sigmoid")
+
+
+def setting(default, help, *, resumes=True, parse=None, choices=None):
+    """A field with its help text; `resumes=False` for settings a resumed run may change (hardware, folders)."""
+    return dataclasses.field(default=default, metadata={"help": help, "resumes": resumes, "parse": parse, "choices": choices})
+
+
+def _pair(kind, name):
+    def parse(text):
+        try:
+            first, second = (kind(value) for value in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{name} takes two numbers separated by a comma; got {text!r}.") from None
+        return first, second
+
+    return parse
+
+
+def _jit_compile(text):
+    values = {"auto": "auto", "true": True, "false": False}
+    if text.lower() not in values:
+        raise argparse.ArgumentTypeError(f"--jit_compile takes auto, true or false; got {text!r}.")
+    return values[text.lower()]
+
+
+def _optional(choices, value, name):
+    if value is not None and value not in choices:
+        raise ValueError(f"{name} must be None or one of {choices}, got {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Where and how a run trains: the same for every trainer, read by `training.Engine`."""
+
+    batch_size: int = setting(512, "global batch of one optimizer update, split over replicas and micro-batches")
+    batch_split: int = setting(1, "accumulate gradients over this many micro-batches (the updates do not change)")
+    strategy: object = setting(
+        None, "tf.distribute strategy; when unset, one device, or the TPU that --tpu names", resumes=False, choices=STRATEGIES
+    )
+    tpu: str = setting(None, "TPU name or grpc:// address; implies --strategy tpu (empty on a TPU VM)", resumes=False)
+    mixed_precision: str = setting(None, "train in bfloat16 (TPU, recent GPUs) or float16", choices=MIXED_PRECISION)
+    checkpoint_dir: str = setting(None, "back up here to resume after an interruption; keeps best.keras", resumes=False)
+    backup_every: int = setting(None, "updates between backups in --checkpoint_dir (ten per run by default)", resumes=False)
+    seed: int = setting(None, "seeds weights, data order, augmentation, mixup and the few-shot draw", resumes=False)
+    jit_compile: object = setting(
+        "auto", "auto (XLA for single-device TensorFlow runs of 100+ updates), true or false", resumes=False, parse=_jit_compile
+    )
+
+    def __post_init__(self):
+        arguments.positive_int("batch_size", self.batch_size)
+        arguments.positive_int("batch_split", self.batch_split)
+        if self.backup_every is not None:
+            arguments.positive_int("backup_every", self.backup_every)
+        if self.seed is not None:
+            arguments.non_negative_int("seed", self.seed)
+        if self.jit_compile not in ("auto", True, False):
+            raise ValueError(f"jit_compile must be 'auto', True or False, got {self.jit_compile!r}.")
+        _optional(MIXED_PRECISION, self.mixed_precision, "mixed_precision")
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuneRecipe:
+    """What `BiTFineTuner` changes in the BiT-HyperRule; the defaults are the rule itself."""
+
+    base_lr: float = setting(None, "peak LR used as given at any batch (as the official --base_lr); default 0.003 x batch/512")
+    rule: str = setting("paper", "resolutions: paper (448->384 for large images) or official (512->480)", choices=RULES)
+    steps: int = setting(None, "override the HyperRule's number of steps (warm-up and decays scale with it)")
+    sizes: tuple = setting(None, "override the HyperRule's resize,crop, e.g. 40,32", parse=_pair(int, "sizes"))
+    flip: bool = setting(True, "random left-right flips (the official code's); off where a mirror image changes the label")
+    random_crop: bool = setting(True, "random crops of the resized image; off resizes straight to the crop size")
+    freeze: str = setting(None, "freeze this stage and all before it (head_only: train the head alone)", choices=FREEZE_POINTS)
+    zero_head: bool = setting(True, "zero the head first, as BiT does; off keeps it, to continue an earlier fine-tune")
+
+    def __post_init__(self):
+        if self.base_lr is not None:
+            arguments.positive_float("base_lr", self.base_lr)
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}.")
+        if self.steps is not None:
+            arguments.positive_int("steps", self.steps)
+        if self.sizes is not None:
+            object.__setattr__(self, "sizes", arguments.sizes(self.sizes))
+        arguments.flag("flip", self.flip)
+        arguments.flag("random_crop", self.random_crop)
+        arguments.flag("zero_head", self.zero_head)
+        _optional(FREEZE_POINTS, self.freeze, "freeze")
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainRecipe:
+    """The BiT-S/M upstream recipe of `BiTPretrainer` (paper section 3.1); the defaults are the recipe."""
+
+    base_lr: float = setting(None, "peak LR used as given at any batch; default the recipe's 0.03 x batch/256")
+    weight_decay: float = setting(1e-4, "L2 weight decay added to the gradient (the recipe's 1e-4)")
+    epochs: float = setting(90, "epochs; the LR decays at 30/60/80 of 90 scale with them")
+    steps: int = setting(None, "a number of updates instead of --epochs (quick runs)")
+    image_size: int = setting(224, "training resolution (the recipe's 224)")
+    crop_area: tuple = setting((0.08, 1.0), "share of the image area an Inception crop covers", parse=_pair(float, "crop_area"))
+    flip: bool = setting(True, "random left-right flips; off where a mirror image changes the label")
+    loss: str = setting(
+        "sigmoid", "sigmoid (the upstream recipe's, summed over classes) or softmax cross-entropy", choices=LOSSES
+    )
+
+    def __post_init__(self):
+        if self.base_lr is not None:
+            arguments.positive_float("base_lr", self.base_lr)
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}.")
+        arguments.positive_float("epochs", self.epochs)
+        if self.steps is not None:
+            arguments.positive_int("steps", self.steps)
+        arguments.positive_int("image_size", self.image_size)
+        object.__setattr__(self, "crop_area", arguments.crop_area(self.crop_area))
+        arguments.flag("flip", self.flip)
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}.")
+
+
+def resolve(recipe_class, recipe=None, run=None, settings=None, **run_defaults):
+    """(recipe, `RunConfig`): the given ones (or the defaults, `run_defaults` for the run) with `settings` applied.
+
+    `settings` are keyword arguments naming fields of either; an unknown one is
+    a TypeError naming it.
+    """
+    settings = settings or {}
+    recipe_names = {field.name for field in dataclasses.fields(recipe_class)}
+    run_names = {field.name for field in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(settings) - recipe_names - run_names)
+    if unknown:
+        raise TypeError(
+            f"unexpected argument(s) {', '.join(unknown)}; the run settings are {sorted(run_names)} and the "
+            f"{recipe_class.__name__} fields {sorted(recipe_names)}."
+        )
+    recipe = dataclasses.replace(
+        recipe if recipe is not None else recipe_class(),
+        **{name: value for name, value in settings.items() if name in recipe_names},
+    )
+    run = dataclasses.replace(
+        run if run is not None else RunConfig(**run_defaults),
+        **{name: value for name, value in settings.items() if name in run_names},
+    )
+    return recipe, run
+
+
+def recipe_properties(cls, recipe_class):
+    """Gives `cls` one property per field of `recipe_class`, read from and written to `self.recipe` (validated anew)."""
+
+    def accessor(name):
+        def get(self):
+            return getattr(self.recipe, name)
+
+        def set(self, value):
+            self.recipe = dataclasses.replace(self.recipe, **{name: value})
+
+        return property(get, set, doc=f"The recipe's `{name}`; settable between runs.")
+
+    for field in dataclasses.fields(recipe_class):
+        setattr(cls, field.name, accessor(field.name))
+    return cls
+
+
+def fingerprint(*configs):
+    """Every field that changes what a run computes, of each config, as JSON values: what a resume must match."""
+    merged = {}
+    for config in configs:
+        for field in dataclasses.fields(config):
+            if field.metadata["resumes"]:
+                value = getattr(config, field.name)
+                merged[field.name] = list(value) if isinstance(value, tuple) else value
+    return merged
+
+
+def add_flags(parser, config_class, skip=(), **defaults):
+    """One `--name` flag per field of `config_class` but those in `skip`, with its help; `defaults` overrides defaults."""
+    for field in dataclasses.fields(config_class):
+        if field.name in skip:
+            continue
+        default = defaults.get(field.name, field.default)
+        options = {"default": default, "help": field.metadata["help"]}
+        if isinstance(field.default, bool):
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["choices"] = field.metadata["choices"]
+            options["type"] = field.metadata["parse"] or _type_of(field)
+        parser.add_argument(f"--{field.name}", **options)
+
+
+def from_flags(args, config_class):
+    """The `config_class` instance of parsed `add_flags` flags (those present on `args`)."""
+    names = [field.name for field in dataclasses.fields(config_class) if hasattr(args, field.name)]
+    return config_class(**{name: getattr(args, name) for name in names})
+
+
+def _type_of(field):
+    return {"int": int, "float": float}.get(field.type if isinstance(field.type, str) else field.type.__name__, str)
