@@ -158,9 +158,9 @@ def _keras_steps(args, family, options):
         gpus = tf.config.list_physical_devices("GPU")
         if gpus:
             device_peak = lambda: tf.config.experimental.get_memory_info("GPU:0")["peak"]
-        from tensorflow.python.util import _pywrap_util_port
+        from bit_keras import _startup
 
-        onednn = "on" if _pywrap_util_port.IsMklEnabled() else "off"
+        onednn = "on" if _startup.onednn_enabled() else "off"
         description = f"tensorflow {tf.__version__} on {'GPU' if gpus else 'CPU'}, oneDNN {onednn}"
         if family == "bit_keras":
             if options.get("floor"):

@@ -88,6 +88,39 @@ def import_tensorflow():
                 print("\n".join(kept), file=sys.stderr)
 
 
+def configured_backend():
+    """The Keras backend this process will use, read as Keras reads it, without importing Keras.
+
+    KERAS_BACKEND, else the "backend" of `$KERAS_HOME/keras.json` (`~/.keras`),
+    else TensorFlow. When Keras is already imported, its own answer.
+    """
+    if "keras" in sys.modules and hasattr(sys.modules["keras"], "backend"):
+        return sys.modules["keras"].backend.backend()
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    import json
+
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as f:
+            return json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+def require_tensorflow(what):
+    """TensorFlow, imported; or an ImportError that names `what` needs it and how to get it."""
+    try:
+        import tensorflow
+    except ImportError:
+        raise ImportError(
+            f"{what} needs TensorFlow, which is not installed here (backend {configured_backend()!r}). "
+            f"pip install tensorflow, or use what works without it: bit_keras.BiT, the weight families "
+            f"(.npz, .safetensors, transformers folders, .keras), model.fit on arrays, HyperRule."
+        ) from None
+    return tensorflow
+
+
 def onednn_enabled():
     """Whether this process's TensorFlow runs its oneDNN kernels (fixed when TensorFlow is imported)."""
     from tensorflow.python.util import _pywrap_util_port

@@ -43,8 +43,13 @@ def main(argv=None):
 
 def build_parser():
     """The parser of `bit-keras` and its sub-commands."""
-    from bit_keras import config, demo, hyperrule, pretrain
-    from hub_export import __main__ as hub_export_cli
+    from bit_keras import config, demo, hyperrule
+
+    try:  # the trainers behind finetune and pretrain, and export, need TensorFlow
+        from bit_keras import pretrain
+        from hub_export import __main__ as hub_export_cli
+    except ImportError as error:
+        raise SystemExit(f"error: {error}") from None
 
     parser = argparse.ArgumentParser(prog="bit-keras", description="Big Transfer (BiT) for Keras 3: " + __doc__.splitlines()[0])
     parser.add_argument("--version", action="store_true", help="print the version and exit")

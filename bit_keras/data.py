@@ -16,9 +16,10 @@ import pathlib
 import warnings
 
 import numpy as np
-import tensorflow as tf
 
-from bit_keras import arguments
+from bit_keras import _startup, arguments
+
+tf = _startup.require_tensorflow("bit_keras.data (tf.data pipelines, from_tfds, from_folder, from_arrays)")
 
 # First bytes of the formats `tf.io.decode_image` reads: JPEG (any APPn,
 # including phone-camera MPO), PNG, GIF and BMP.

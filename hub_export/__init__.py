@@ -18,7 +18,9 @@ Example:
 """
 
 # First: importing bit_keras filters TensorFlow's start-up log noise (bit_keras/_startup.py).
-import bit_keras  # noqa: F401, I001
+import bit_keras  # noqa: I001
+
+bit_keras._startup.require_tensorflow("hub_export (TF-Hub-format SavedModels)")
 from hub_export.exporter import FLAVORS, export
 from hub_export.loader import HubModuleLayer, load
 from hub_export.metadata import read_metadata

@@ -263,7 +263,9 @@ def read_saved_model(path):
     >>> read_saved_model(path)[ROOT_KERNEL].shape
     (7, 7, 3, 64)
     """
-    import tensorflow as tf
+    from bit_keras import _startup
+
+    tf = _startup.require_tensorflow("Reading a SavedModel (TF Hub, Kaggle, hub_export)")
     from tensorflow.core.protobuf import trackable_object_graph_pb2
 
     path = os.fspath(path)

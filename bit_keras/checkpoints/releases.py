@@ -250,7 +250,9 @@ def _check_saved_model(path):
         return  # a transformers folder: its model.safetensors was checked
     if not os.path.isfile(os.path.join(path, "saved_model.pb")) or not os.path.isfile(index):
         raise ValueError(f"{path} has no saved_model.pb or variables/variables.index")
-    import tensorflow as tf
+    from bit_keras import _startup
+
+    tf = _startup.require_tensorflow("Reading a SavedModel (TF Hub, Kaggle, hub_export)")
 
     try:
         tf.train.load_checkpoint(index[: -len(".index")]).get_variable_to_shape_map()
