@@ -16,7 +16,7 @@ from bit_keras import _startup
 if _startup.configured_backend() == "tensorflow":
     _startup.import_tensorflow()
 
-from bit_keras import config, distribute, hyperrule, training  # noqa: E402 (after the quiet import)
+from bit_keras import config, distribute, hyperrule, optional, preprocess, training  # noqa: E402 (after the quiet import)
 from bit_keras.checkpoints import save_official, save_timm, save_transformers
 from bit_keras.hyperrule import HyperRule
 from bit_keras.layers import GroupNormalization, StandardizedConv2D
@@ -38,7 +38,7 @@ def __getattr__(name):
     import importlib
 
     module_name, attribute = _NEED_TENSORFLOW[name]
-    _startup.require_tensorflow(f"bit_keras.{name}")
+    optional.tensorflow(f"bit_keras.{name}")
     module = importlib.import_module(module_name)
     value = getattr(module, attribute) if attribute else module
     globals()[name] = value

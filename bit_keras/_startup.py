@@ -108,19 +108,6 @@ def configured_backend():
         return "tensorflow"
 
 
-def require_tensorflow(what):
-    """TensorFlow, imported; or an ImportError that names `what` needs it and how to get it."""
-    try:
-        import tensorflow
-    except ImportError:
-        raise ImportError(
-            f"{what} needs TensorFlow, which is not installed here (backend {configured_backend()!r}). "
-            f"pip install tensorflow, or use what works without it: bit_keras.BiT, the weight families "
-            f"(.npz, .safetensors, transformers folders, .keras), model.fit on arrays, HyperRule."
-        ) from None
-    return tensorflow
-
-
 def onednn_enabled():
     """Whether this process's TensorFlow runs its oneDNN kernels (fixed when TensorFlow is imported)."""
     from tensorflow.python.util import _pywrap_util_port

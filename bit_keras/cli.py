@@ -19,11 +19,14 @@ bit-keras ...
 import argparse
 import sys
 
+import keras
+
+import bit_keras
+from bit_keras import _startup, config, demo, hyperrule
+
 
 def main(argv=None):
     """Runs `bit-keras`; returns the exit status."""
-    import bit_keras  # quiets TensorFlow's start-up logging first (bit_keras/_startup.py)
-    from bit_keras import _startup
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -43,8 +46,6 @@ def main(argv=None):
 
 def build_parser():
     """The parser of `bit-keras` and its sub-commands."""
-    from bit_keras import config, demo, hyperrule
-
     try:  # the trainers behind finetune and pretrain, and export, need TensorFlow
         from bit_keras import pretrain
         from hub_export import __main__ as hub_export_cli
@@ -153,8 +154,7 @@ def weights_option(text):
 
 
 def run_finetune(args):
-    import bit_keras
-    from bit_keras import config, finetune, tasks
+    from bit_keras import finetune, tasks  # on tf.data: imported when a command needs them
 
     check_outputs(args)
     recipe, run = config.from_flags(args, config.FineTuneRecipe), config.from_flags(args, config.RunConfig)
@@ -177,8 +177,7 @@ def run_finetune(args):
 
 
 def run_pretrain(args):
-    import bit_keras
-    from bit_keras import config, tasks
+    from bit_keras import tasks  # on tf.data: imported when a command needs it
 
     check_outputs(args)
     recipe, run = config.from_flags(args, config.PretrainRecipe), config.from_flags(args, config.RunConfig)
@@ -202,9 +201,7 @@ def run_pretrain(args):
 
 def _evaluate(model, source, image_size, batch_size):
     """Top-1 of `model` on `source` at `image_size` (the pre-training resolution)."""
-    import keras
-
-    from bit_keras import data
+    from bit_keras import data  # on tf.data
 
     correct = total = 0
     for images, labels in data.eval_pipeline(source, crop=image_size, batch_size=batch_size):
@@ -216,8 +213,6 @@ def _evaluate(model, source, image_size, batch_size):
 
 def write_outputs(model, args):
     """--save (.keras or .npz) and --export_dir (TF-Hub format, classification flavour)."""
-    import bit_keras
-
     if args.save:
         save = bit_keras.save_official if args.save.endswith(".npz") else bit_keras.checkpoints.save_keras
         save(model, args.save, overwrite=args.overwrite)

@@ -17,9 +17,9 @@ import warnings
 
 import numpy as np
 
-from bit_keras import _startup, arguments
+from bit_keras import arguments, optional, preprocess
 
-tf = _startup.require_tensorflow("bit_keras.data (tf.data pipelines, from_tfds, from_folder, from_arrays)")
+tf = optional.tensorflow("bit_keras.data (tf.data pipelines, from_tfds, from_folder, from_arrays)")
 
 # First bytes of the formats `tf.io.decode_image` reads: JPEG (any APPn,
 # including phone-camera MPO), PNG, GIF and BMP.
@@ -771,7 +771,7 @@ def _resize_crop_flip(image, label, seed, resize, crop, flip):
 
 def _scale(image):
     """[0, 255] -> [-1, 1] float32, the input range of BiT models."""
-    return (tf.cast(image, tf.float32) - 127.5) / 127.5
+    return preprocess.to_model_range(tf.cast(image, tf.float32))
 
 
 def _one_hot(num_classes):

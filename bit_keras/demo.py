@@ -51,7 +51,7 @@ import time
 import numpy as np
 
 import bit_keras
-from bit_keras import checkpoints, data
+from bit_keras import _startup, checkpoints, data
 
 VARIANT = bit_keras.Variant(units=(1, 1, 1, 1), width=1)  # "R1-1-1-1x1": 8M parameters
 UPSTREAM_DIGITS = (0, 1, 2, 3, 4)
@@ -418,8 +418,6 @@ def main(argv=None, prog=None):
 
 def run(args):
     """Runs the demo from parsed `add_arguments` flags; returns the exit status."""
-    from bit_keras import _startup
-
     _startup.quiet_absl()
     for flag in ("seeds", "upstream_steps", "finetune_steps"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:

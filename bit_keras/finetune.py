@@ -5,7 +5,7 @@ import warnings
 import keras
 import numpy as np
 
-from bit_keras import arguments, checkpoints, config, data, hyperrule, training
+from bit_keras import arguments, checkpoints, config, data, hyperrule, preprocess, training
 from bit_keras.models import BiT
 from bit_keras.resnet import get_variant, variants
 
@@ -269,7 +269,7 @@ class BiTFineTuner:
         if images.shape[-1] == 1:
             resized = keras.ops.repeat(resized, 3, axis=-1)
         with self.engine.scope():
-            return self.model.predict((resized - 127.5) / 127.5, batch_size=self.engine.micro_batch, verbose=verbose)
+            return self.model.predict(preprocess.to_model_range(resized), batch_size=self.engine.micro_batch, verbose=verbose)
 
     # ------------------------------------------------------------------ internals
 
@@ -342,6 +342,13 @@ class BiTFineTuner:
         if self.dataset_size is None:
             self.dataset_size = source.num_examples
         image, _ = data.first_example(source)
+        if image.dtype.is_floating and float(keras.ops.max(image)) <= 1:
+            warnings.warn(
+                f"fit takes pixels in [0, 255], but the first training image is {image.dtype.name} with values at most "
+                f"{float(keras.ops.max(image)):g}: if the images are in [0, 1], multiply them by 255 (training on "
+                f"near-constant input learns nothing).",
+                stacklevel=3,
+            )
         if self.image_size is None:
             self.image_size = tuple(int(d) for d in image.shape[:2])
 

@@ -491,6 +491,9 @@ class Backups:
                 model.load_weights(os.path.join(path, _WEIGHTS))
         except (OSError, ValueError, KeyError) as error:
             raise self._damaged(path, names, f"its weights do not load: {error}") from None
+        updates = int(keras.ops.convert_to_numpy(model.optimizer.iterations)) if model.optimizer is not None else None
+        if updates is not None and updates != record["step"]:
+            raise self._damaged(path, names, f"{_STATE} says update {record['step']}, its optimizer state update {updates}")
         return {**record, "path": path}
 
     def _read(self, path, names):

@@ -20,7 +20,7 @@ Example:
 # First: importing bit_keras filters TensorFlow's start-up log noise (bit_keras/_startup.py).
 import bit_keras  # noqa: I001
 
-bit_keras._startup.require_tensorflow("hub_export (TF-Hub-format SavedModels)")
+bit_keras.optional.tensorflow("hub_export (TF-Hub-format SavedModels)")
 from hub_export.exporter import FLAVORS, export
 from hub_export.loader import HubModuleLayer, load
 from hub_export.metadata import read_metadata

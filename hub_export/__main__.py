@@ -12,6 +12,11 @@ import argparse
 import os
 import sys
 
+import keras
+
+import bit_keras
+from bit_keras import _startup
+
 
 def add_arguments(parser):
     """The export flags, on `parser`: shared by `python -m hub_export` and `bit-keras export`."""
@@ -64,10 +69,6 @@ def _parse_args(argv):
 
 
 def _load_model(args):
-    import keras
-
-    import bit_keras
-
     if args.weights.endswith(".keras"):
         print(f"[1/3] Loading the model from {args.weights}")
         return keras.saving.load_model(args.weights, compile=False)
@@ -114,8 +115,6 @@ def main(argv=None):
 
 def run(args):
     """Exports as the parsed flags say; returns the exit status."""
-    from bit_keras import _startup
-
     _startup.quiet_absl()
     if os.path.lexists(args.out) and not args.overwrite:  # before the slow loading
         print(f"error: {args.out} already exists; pass --overwrite to replace it, or another --out.", file=sys.stderr)

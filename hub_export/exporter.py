@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 import bit_keras
-from bit_keras import checkpoints
+from bit_keras import checkpoints, preprocess
 from hub_export._backend import require_tensorflow
 from hub_export.metadata import write_metadata
 
@@ -164,13 +164,11 @@ def _trace_call(network, variables, flavor, low, high):
         )
     trainable = [variables[key_of[id(v)]] for v in network.trainable_variables]
     non_trainable = [variables[key_of[id(v)]] for v in network.non_trainable_variables]
-    scale = 2.0 / (high - low)
-    shift = -1.0 - low * scale
 
     @tf.function(autograph=False)
     def call(images, training=False):
         # The Keras model takes [-1, 1]; the module takes `input_range`.
-        x = images * scale + shift
+        x = preprocess.to_model_range(images, (low, high))
         # A stateless call reads the module's variables instead of the model's.
         outputs, _ = network.stateless_call(trainable, non_trainable, x, training=training)
         outputs = tf.cast(outputs, tf.float32)

@@ -218,7 +218,7 @@ def test_a_checkpoint_dir_that_is_a_file_is_refused_before_training(tmp_path):
 def test_a_release_that_cannot_be_downloaded_is_a_clear_error(tmp_path, monkeypatch):
     from bit_keras import checkpoints
 
-    monkeypatch.setattr(checkpoints, "BASE_URL", (tmp_path / "offline").as_uri())
+    monkeypatch.setattr(checkpoints.releases, "BASE_URL", (tmp_path / "offline").as_uri())
     monkeypatch.setenv("BIT_KERAS_CACHE", str(tmp_path / "cache"))
     with pytest.raises(ValueError, match=r"BiT-M-R50x1 is not in the cache .* could not be downloaded from file://"):
         bit_keras.BiT("BiT-M-R50x1", weights="BiT-M-R50x1")
@@ -236,3 +236,21 @@ def test_a_resume_with_another_model_names_what_differs(tmp_path):
         BiTFineTuner(bit_keras.BiT(TINY, num_classes=3), **options).fit((images, np.arange(16) % 3), verbose=0)
     with pytest.raises(ValueError, match=r"another run: model='R1-1-1-1x1' there, 'R1-1-1-1x2' now"):
         BiTFineTuner(bit_keras.BiT(bit_keras.Variant((1, 1, 1, 1), 2), num_classes=2), **options).fit((images, labels), verbose=0)
+
+
+def test_a_hand_edited_backup_step_is_not_believed(tmp_path):
+    images, labels = colour_task(16)
+    options = dict(batch_size=8, steps=4, sizes=(20, 16), seed=0, checkpoint_dir=str(tmp_path), backup_every=2)
+    BiTFineTuner(bit_keras.BiT(TINY, num_classes=2), **options).fit((images, labels), verbose=0)
+    state = sorted((tmp_path / "backup").glob("step-*"))[-1] / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "step": 2}))
+    with pytest.raises(ValueError, match="is damaged: state.json says update 2, its optimizer state update 4"):
+        BiTFineTuner(bit_keras.BiT(TINY, num_classes=2), **options).fit((images, labels), verbose=0)
+
+
+def test_float_images_in_zero_one_from_tf_data_are_warned_about():
+    images, labels = colour_task(16)
+    floats = tf.data.Dataset.from_tensor_slices((images.astype("float32") / 255, labels))
+    tuner = BiTFineTuner(bit_keras.BiT(TINY, num_classes=2), batch_size=8, steps=1, sizes=(20, 16), dataset_size=16)
+    with pytest.warns(UserWarning, match=r"fit takes pixels in \[0, 255\].*multiply them by 255"):
+        tuner.fit(floats, verbose=0)

@@ -200,7 +200,7 @@ def test_download_once_into_cache(tmp_path, monkeypatch, small_state):
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     write_npz(mirror / "BiT-M-R50x1.npz", small_state)
-    monkeypatch.setattr(checkpoints, "BASE_URL", (mirror).as_uri())
+    monkeypatch.setattr(checkpoints.releases, "BASE_URL", (mirror).as_uri())
     monkeypatch.setenv("BIT_KERAS_CACHE", str(tmp_path / "cache"))
     model = bit_keras.BiT(small_variant(), weights="BiT-M-R50x1")
     assert os.path.exists(tmp_path / "cache" / "BiT-M-R50x1.npz")
@@ -215,7 +215,7 @@ def test_truncated_download_is_refused_and_removed(tmp_path, monkeypatch, small_
     (mirror / "vtab").mkdir(parents=True)
     data = open(write_npz(tmp_path / "full.npz", small_state), "rb").read()
     (mirror / "vtab" / "BiT-M-R50x1-run0-dtd.npz").write_bytes(data[: len(data) - 100])
-    monkeypatch.setattr(checkpoints, "BASE_URL", mirror.as_uri())
+    monkeypatch.setattr(checkpoints.releases, "BASE_URL", mirror.as_uri())
     monkeypatch.setenv("BIT_KERAS_CACHE", str(tmp_path / "cache"))
     with pytest.raises(ValueError, match="not a complete checkpoint and was deleted"):
         bit_keras.BiT(small_variant(), weights="BiT-M-R50x1-run0-dtd")

@@ -42,7 +42,6 @@ from bit_keras.checkpoints.mapping import (
     to_official,
 )
 from bit_keras.checkpoints.releases import (
-    BASE_URL,
     RELEASES,
     Release,
     cache_dir,

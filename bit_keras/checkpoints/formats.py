@@ -7,13 +7,15 @@ PyTorch files only through `torch.load(weights_only=True)`.
 """
 
 import dataclasses
-import importlib
 import json
 import os
 import zipfile
 
+import keras
 import numpy as np
 
+from bit_keras import optional
+from bit_keras.checkpoints import releases
 from bit_keras.checkpoints.mapping import (
     HEAD_KERNEL,
     ROOT_KERNEL,
@@ -23,13 +25,8 @@ from bit_keras.checkpoints.mapping import (
     to_official,
     transformers_keys,
 )
-
-EXTRAS = {
-    "safetensors": "pip install safetensors  (or pip install 'bit-keras[families]')",
-    "torch": "pip install torch  (or pip install 'bit-keras[torch]')",
-    "huggingface_hub": "pip install huggingface_hub  (or pip install 'bit-keras[families]')",
-    "kagglehub": "pip install kagglehub  (or pip install 'bit-keras[families]')",
-}
+from bit_keras.optional import require
+from bit_keras.resnet import build_resnet
 
 
 @dataclasses.dataclass
@@ -49,16 +46,6 @@ class Weights:
     family: str
     source: str
     class_names: list = None
-
-
-def require(module, package):
-    """Imports an optional dependency, or raises ImportError saying what to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(
-            f"This needs the optional package {package!r}: {EXTRAS.get(package, 'pip install ' + package)}."
-        ) from None
 
 
 # ------------------------------------------------------------------ official files
@@ -263,9 +250,7 @@ def read_saved_model(path):
     >>> read_saved_model(path)[ROOT_KERNEL].shape
     (7, 7, 3, 64)
     """
-    from bit_keras import _startup
-
-    tf = _startup.require_tensorflow("Reading a SavedModel (TF Hub, Kaggle, hub_export)")
+    tf = optional.tensorflow("Reading a SavedModel (TF Hub, Kaggle, hub_export)")
     from tensorflow.core.protobuf import trackable_object_graph_pb2
 
     path = os.fspath(path)
@@ -355,11 +340,11 @@ def _model_nodes(graph):
 
 
 def read_keras(path):
-    """The official-layout weights of a `.keras` file saved from a bit_keras model."""
-    import keras
+    """The official-layout weights of a `.keras` file saved from a bit_keras model.
 
-    import bit_keras  # noqa: F401  (registers the layers the file names: bit_keras>StandardizedConv2D, ...)
-
+    The layers the file names (bit_keras>StandardizedConv2D, ...) are registered by `bit_keras.layers`,
+    which this module imports through `resnet`.
+    """
     if not zipfile.is_zipfile(path):
         raise ValueError(
             f"{path} is not a complete .keras file (not a readable zip archive); it may be truncated. Save it again."
@@ -383,8 +368,6 @@ def read_keras_weights(path, spec):
     the file's only Dense layer.
     """
     import h5py
-
-    from bit_keras.resnet import build_resnet
 
     if spec is None:
         raise ValueError(f"{path} is a .weights.h5 file, which does not record its architecture; pass the variant, not 'auto'.")
@@ -477,7 +460,6 @@ def read_weights(weights, spec=None):
     bucket's (`BiT-M-R50x1`), Hugging Face repos (`timm/resnetv2_50x1_bit.goog_in21k`,
     `google/bit-50`) and Kaggle handles (`kaggle:google/bit/tensorFlow2/m-r50x1`).
     """
-    from bit_keras.checkpoints import releases
 
     if weights is None:
         return None

@@ -17,6 +17,8 @@ import re
 import keras
 import numpy as np
 
+from bit_keras.resnet import UPSTREAM, Variant
+
 HEAD_KERNEL = "resnet/head/conv2d/kernel"
 HEAD_BIAS = "resnet/head/conv2d/bias"
 ROOT_KERNEL = "resnet/root_block/standardized_conv2d/kernel"
@@ -282,8 +284,6 @@ def infer_variant(state):
     >>> infer_variant(state).name
     'BiT-S-R1-1-1-1x1'
     """
-    from bit_keras.resnet import UPSTREAM, Variant
-
     root = state.get(ROOT_KERNEL)
     if root is None or np.ndim(root) != 4 or root.shape[-1] % 64:
         return None

@@ -23,6 +23,10 @@ import zipfile
 
 import keras
 
+from bit_keras import optional
+from bit_keras.optional import require
+from bit_keras.resnet import RELEASED_ARCHITECTURES, RELEASED_FAMILIES, UPSTREAM
+
 BASE_URL = "https://storage.googleapis.com/bit_models"
 
 
@@ -37,14 +41,10 @@ class Release:
 
     @property
     def url(self):
-        import bit_keras.checkpoints as package  # read at call time, so BASE_URL can point at a mirror
-
-        return f"{package.BASE_URL}/{self.path}"
+        return f"{BASE_URL}/{self.path}"  # read at call time: point `releases.BASE_URL` at a mirror
 
 
 def _releases():
-    from bit_keras.resnet import RELEASED_ARCHITECTURES, RELEASED_FAMILIES, UPSTREAM
-
     table = {}
     for family in RELEASED_FAMILIES:
         for arch in RELEASED_ARCHITECTURES:
@@ -143,8 +143,6 @@ def download_hf(repo):
     snapshot folder (config.json + model.safetensors); a timm repo gives its
     model.safetensors file.
     """
-    from bit_keras.checkpoints.formats import require
-
     try:
         hub = require("huggingface_hub", "huggingface_hub")
     except ImportError as error:
@@ -172,8 +170,6 @@ def download_hf(repo):
 
 def download_kaggle(handle):
     """Downloads a Kaggle Models handle (a TF2 SavedModel of BiT) and returns its folder."""
-    from bit_keras.checkpoints.formats import require
-
     try:
         kagglehub = require("kagglehub", "kagglehub")
     except ImportError as error:
@@ -250,9 +246,7 @@ def _check_saved_model(path):
         return  # a transformers folder: its model.safetensors was checked
     if not os.path.isfile(os.path.join(path, "saved_model.pb")) or not os.path.isfile(index):
         raise ValueError(f"{path} has no saved_model.pb or variables/variables.index")
-    from bit_keras import _startup
-
-    tf = _startup.require_tensorflow("Reading a SavedModel (TF Hub, Kaggle, hub_export)")
+    tf = optional.tensorflow("Reading a SavedModel (TF Hub, Kaggle, hub_export)")
 
     try:
         tf.train.load_checkpoint(index[: -len(".index")]).get_variable_to_shape_map()

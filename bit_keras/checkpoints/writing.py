@@ -20,8 +20,9 @@ import socket
 import keras
 import numpy as np
 
-from bit_keras.checkpoints.mapping import HEAD_BIAS, HEAD_KERNEL, from_official, model_state
+from bit_keras.checkpoints.mapping import HEAD_BIAS, HEAD_KERNEL, from_official, infer_variant, model_state
 from bit_keras.checkpoints.validate import check_values
+from bit_keras.optional import require
 
 _TAG = ".bit-keras-tmp"
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
@@ -243,8 +244,6 @@ def save_timm(model, path, overwrite=False):
     >>> bit_keras.BiT("auto", weights=path).output.shape
     (None, 2)
     """
-    from bit_keras.checkpoints.formats import require
-
     safetensors_numpy = require("safetensors.numpy", "safetensors")
     path = os.fspath(path)
     if not path.endswith(".safetensors"):
@@ -256,8 +255,6 @@ def save_timm(model, path, overwrite=False):
 
 def transformers_config(state, class_names=None):
     """The `config.json` of a transformers Bit model for an official-layout state."""
-    from bit_keras.checkpoints.mapping import infer_variant
-
     variant = infer_variant(state)
     if variant is None:
         raise ValueError("The model's weights are not a BiT layout; nothing to describe in config.json.")
@@ -311,8 +308,6 @@ def save_transformers(model, path, class_names=None, overwrite=False):
     >>> sorted(os.listdir(path))
     ['config.json', 'model.safetensors']
     """
-    from bit_keras.checkpoints.formats import require
-
     safetensors_numpy = require("safetensors.numpy", "safetensors")
     official = _state_to_write(model, "save_transformers")
     config = transformers_config(official, class_names)
