@@ -17,6 +17,8 @@ from reference import random_state
 pytestmark = requires_tensorflow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--variant", "R1-1-1-1x1", "--weights", "none", "--batch_size", "8", "--steps", "3"]
+# A tiny model that learns two easy classes in 20 steps.
+QUICK_LEARNER = "--variant R1-1-1-1x1 --weights none --batch_size 8 --base_lr 0.015625 --steps 20 --sizes 20,16"
 RESULT = re.compile(r"^result: dataset=(\S+) variant=(\S+) steps=(\d+) top-1=([0-9.]+)$", re.M)
 
 # `bit-keras` as installed: the console script's own entry point, run by this interpreter.
@@ -201,25 +203,7 @@ def test_finetune_image_folder_with_a_corrupt_file(tmp_path):
             pixels = np.clip(rng.normal(level, 10, (12, 12, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.png")
     (root / "bright" / "broken.jpg").write_bytes(b"not an image")
-    args = [
-        "finetune",
-        "--dataset",
-        str(root),
-        "--variant",
-        "R1-1-1-1x1",
-        "--weights",
-        "none",
-        "--batch_size",
-        "8",
-        "--base_lr",
-        "0.015625",
-        "--steps",
-        "20",
-        "--sizes",
-        "20,16",
-        "--save",
-        str(tmp_path / "m.keras"),
-    ]
+    args = ["finetune", "--dataset", str(root), *QUICK_LEARNER.split(), "--save", str(tmp_path / "m.keras")]
     result = bit_keras_cli(args, cwd=tmp_path)
     assert "skipped 1 file" in result.stderr
     assert "18 training" in result.stdout and "2 classes" in result.stdout  # 20 readable images, 10% held out

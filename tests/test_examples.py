@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import requires_tensorflow
 from PIL import Image
+from test_cli import QUICK_LEARNER
 
 pytestmark = requires_tensorflow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,21 +63,8 @@ with tfds.testing.mock_data(num_examples=12):
 
 def test_tfds_script_on_mock_data_from_another_directory(tmp_path):
     script = os.path.join(EXAMPLES, "finetune_tfds.py")
-    args = [
-        script,
-        "--dataset",
-        "cifar100",
-        "--variant",
-        "R1-1-1-1x1",
-        "--weights",
-        "none",
-        "--batch_size",
-        "8",
-        "--steps",
-        "2",
-        "--save",
-        str(tmp_path / "m.keras"),
-    ]
+    args = [script, *"--dataset cifar100 --variant R1-1-1-1x1 --weights none --batch_size 8 --steps 2".split()]
+    args += ["--save", str(tmp_path / "m.keras")]
     out = run_script(None, args, cwd=tmp_path, code=MOCK_TFDS)
     assert "100 classes" in out
     top1 = float(re.search(r"\[eval\] test top-1 ([0-9.]+)", out).group(1))
@@ -100,18 +88,7 @@ def test_folder_script_learns_and_skips_a_corrupt_file(tmp_path):
             str(tmp_path / "train"),
             "--test_dir",
             str(tmp_path / "test"),
-            "--variant",
-            "R1-1-1-1x1",
-            "--weights",
-            "none",
-            "--batch_size",
-            "8",
-            "--base_lr",
-            "0.015625",
-            "--steps",
-            "20",
-            "--sizes",
-            "20,16",
+            *QUICK_LEARNER.split(),
         ],
         cwd=tmp_path,
     )

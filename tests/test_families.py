@@ -71,6 +71,13 @@ def tiny_timm(num_classes=CLASSES, seed=0):
     return randomize(model, seed)
 
 
+def headless(path):
+    """The pooled feature extractor of the official-layout checkpoint at `path`, at the peers' epsilon."""
+    return bit_keras.BiT(
+        bit_keras.Variant(TINY_UNITS), weights=str(path), include_top=False, pooling="avg", ws_epsilon=PEER_EPSILON
+    )
+
+
 def tiny_bit_config(num_labels=CLASSES):
     return transformers.BitConfig(depths=list(TINY_UNITS), num_labels=num_labels)
 
@@ -116,13 +123,7 @@ def test_timm_writer_loads_in_timm_with_and_without_head(tmp_path):
         assert_logits_close(ours.predict(x, verbose=0), peer(nchw(x)).numpy())
 
     # A headless model writes a backbone that timm loads with num_classes=0, as .safetensors and .npz.
-    features = bit_keras.BiT(
-        bit_keras.Variant(TINY_UNITS),
-        weights=str(tmp_path / "tiny.npz"),
-        include_top=False,
-        pooling="avg",
-        ws_epsilon=PEER_EPSILON,
-    )
+    features = headless(tmp_path / "tiny.npz")
     checkpoints.save_timm(features, tmp_path / "body.safetensors")
     bit_keras.save_official(features, tmp_path / "body.npz")
     with np.load(tmp_path / "body.npz") as data:
@@ -238,13 +239,7 @@ def test_transformers_writer_loads_with_from_pretrained(tmp_path):
         assert_logits_close(ours.predict(x, verbose=0), peer(pixel_values=nchw(x)).logits.numpy())
     assert bit_keras.BiT("auto", weights=str(tmp_path / "out")).weights_family == "transformers"
 
-    features = bit_keras.BiT(
-        bit_keras.Variant(TINY_UNITS),
-        weights=str(tmp_path / "tiny.npz"),
-        include_top=False,
-        pooling="avg",
-        ws_epsilon=PEER_EPSILON,
-    )
+    features = headless(tmp_path / "tiny.npz")
     checkpoints.save_transformers(features, tmp_path / "body")
     backbone = transformers.BitModel.from_pretrained(tmp_path / "body").eval()
     with torch.no_grad():
