@@ -125,6 +125,7 @@ class BiTPretrainer:
       warm-up        0 steps, linear from 0
       learning rate  0.00046875 (0.03 x 4/256), x0.1 after steps 1, 1, 2
       weight decay   0.0001
+      loss           sigmoid cross-entropy
     >>> pretrainer.model.output.shape
     (None, 3)
     """

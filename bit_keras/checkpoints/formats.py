@@ -102,7 +102,8 @@ def read_safetensors(path):
     """The raw tensors of a `.safetensors` file (no torch needed); bfloat16 ones upcast to float32."""
     safetensors_numpy = require("safetensors.numpy", "safetensors")
     try:
-        return dict(safetensors_numpy.load_file(path))
+        state = safetensors_numpy.load_file(path)  # bfloat16 as ml_dtypes' type where it is installed
+        return {key: value.astype(np.float32) if value.dtype.name == "bfloat16" else value for key, value in state.items()}
     except Exception as error:  # SafetensorError, or a dtype NumPy lacks (bfloat16)
         bfloat16 = _read_bfloat16_safetensors(path)
         if bfloat16 is not None:
