@@ -14,6 +14,9 @@ One training step is forward, soft-label cross-entropy, backward and an SGD
                           cut to its per-channel scale and shift (no statistics), so that the step
                           is TensorFlow's convolutions and little else; the floor a BiT on
                           TensorFlow cannot go below (only when named in --contenders)
+    bit_keras/tf-gn-onepass  the default with GroupNorm's variance taken in one pass, E[x^2] - E[x]^2,
+                          instead of the centred two passes (only when named in --contenders): what
+                          the accurate variance costs
     bit_keras/jax         JAX backend, `train_on_batch` / `predict_on_batch` (the
                           step `model.fit` runs) on device-resident batches
     bit_keras/jax-stateless  JAX backend, a jitted `stateless_call` +
@@ -74,13 +77,14 @@ CONTENDERS = {
     "bit_keras/tf-noxla": ("bit_keras", "tensorflow", {"jit_compile": False}),
     "bit_keras/tf-unfused": ("bit_keras", "tensorflow", {"unfused": True}),
     "bit_keras/tf-floor": ("bit_keras", "tensorflow", {"floor": True}),
+    "bit_keras/tf-gn-onepass": ("bit_keras", "tensorflow", {"gn_onepass": True}),
     "bit_keras/jax": ("bit_keras", "jax", {}),
     "bit_keras/jax-stateless": ("bit_keras", "jax", {"stateless": True}),
     "timm/eager": ("timm", None, {}),
     "timm/compile": ("timm", None, {"compile": True}),
     "keras/resnet50v2": ("keras_resnet50v2", "tensorflow", {}),
 }
-DIAGNOSTIC_CONTENDERS = ("bit_keras/tf-noxla", "bit_keras/tf-unfused", "bit_keras/tf-floor")
+DIAGNOSTIC_CONTENDERS = ("bit_keras/tf-noxla", "bit_keras/tf-unfused", "bit_keras/tf-floor", "bit_keras/tf-gn-onepass")
 DEFAULT_CONTENDERS = [name for name in CONTENDERS if name not in DIAGNOSTIC_CONTENDERS]
 PEERS = ("timm/eager", "timm/compile", "keras/resnet50v2")
 MODES = ("infer", "train")
@@ -123,6 +127,8 @@ def _keras_steps(args, family, options):
             _WORKER_CONTEXTS.enter_context(bit_keras.layers.unfused())  # every trace of the worker's life is plain
         if options.get("floor"):
             _skip_normalization(bit_keras)
+        if options.get("gn_onepass"):
+            bit_keras.layers._group_norm = _one_pass_group_norm  # before the model is built: each layer binds it then
 
     import keras
     import numpy as np
@@ -165,6 +171,8 @@ def _keras_steps(args, family, options):
         if family == "bit_keras":
             if options.get("floor"):
                 description += ", the floor: no weight standardisation, GroupNorm without statistics"
+            elif options.get("gn_onepass"):
+                description += ", GroupNorm fused by XLA with a one-pass variance"
             else:
                 description += f", GroupNorm {'as plain ops' if options.get('unfused') else 'fused by XLA'}"
 
@@ -182,6 +190,18 @@ def _keras_steps(args, family, options):
         return model.train_on_batch(x, y)
 
     return infer, train, device_peak, description, forward_gflop
+
+
+def _one_pass_group_norm(x, gamma, beta, groups, epsilon):
+    """GroupNorm with E[x^2] - E[x]^2 as its variance: one pass over the activations, fewer digits."""
+    from keras import ops
+
+    shape, per_group = ops.shape(x), x.shape[-1] // groups
+    grouped = ops.reshape(x, (shape[0], -1, groups, per_group))
+    mean = ops.mean(grouped, axis=(1, 3), keepdims=True)
+    variance = ops.maximum(ops.mean(ops.square(grouped), axis=(1, 3), keepdims=True) - ops.square(mean), 0.0)
+    scale = ops.reshape(gamma, (1, 1, groups, per_group)) * ops.rsqrt(variance + epsilon)
+    return ops.reshape(grouped * scale + ops.reshape(beta, (1, 1, groups, per_group)) - mean * scale, shape)
 
 
 def _skip_normalization(bit_keras):
