@@ -359,9 +359,14 @@ def few_shot(source, examples_per_class, seed=0):
             stacklevel=2,
         )
     keep_by_index = tf.constant(keep)
-    dataset = (
-        source.dataset.enumerate().filter(lambda index, example: keep_by_index[index]).map(lambda index, example: example).cache()
-    )
+
+    def kept(index, example):
+        return keep_by_index[index]
+
+    def without_index(index, example):
+        return example
+
+    dataset = source.dataset.enumerate().filter(kept).map(without_index).cache()
     return Source(dataset, int(keep.sum()), source.num_classes, source.class_names)
 
 

@@ -7,9 +7,9 @@ import warnings
 import keras
 
 from bit_keras import arguments, checkpoints, distribute
+from bit_keras.config import MIXED_PRECISION
 from bit_keras.resnet import WS_EPSILON, build_resnet, get_variant
 
-MIXED_PRECISION = ("mixed_bfloat16", "mixed_float16")
 # /proc/cpuinfo flags of CPUs with bfloat16 arithmetic: x86 AVX-512 BF16 and AMX, Arm's BF16 extension.
 BFLOAT16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
 
