@@ -110,7 +110,9 @@ def add_data_flags(parser):
 
 def add_model_flags(parser, *, default_variant, weights_help=None):
     parser.add_argument(
-        "--variant", default=default_variant, help="e.g. BiT-M-R50x1, or R{u1}-{u2}-{u3}-{u4}x{width} for a custom size"
+        "--variant",
+        default=default_variant,
+        help="e.g. BiT-M-R50x1, R{u1}-{u2}-{u3}-{u4}x{width} for a custom size, or auto to read it from --weights",
     )
     parser.add_argument(
         "--weights",
@@ -150,6 +152,18 @@ def weights_option(text):
     return None if text.lower() == "none" else text
 
 
+def variant_option(text, weights):
+    """The `Variant` that --variant names, or "auto" (read from --weights, which must then name a checkpoint)."""
+    if text != "auto":
+        return bit_keras.get_variant(text)
+    if weights in (None, "release"):
+        raise ValueError(
+            f"--variant auto reads the architecture from --weights, so --weights must be a checkpoint file, folder "
+            f"or release name, not {weights or 'none'!r}. Name the variant instead, e.g. --variant BiT-M-R50x1."
+        )
+    return text
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -158,8 +172,8 @@ def run_finetune(args):
 
     check_outputs(args)
     recipe, run = config.from_flags(args, config.FineTuneRecipe), config.from_flags(args, config.RunConfig)
-    variant = bit_keras.get_variant(args.variant)
     weights = weights_option(args.weights)
+    variant = variant_option(args.variant, weights)
     if weights == "release":  # refused before any data is read
         weights = finetune.release_name(variant)
     task = tasks.load(args.dataset, data_dir=args.tfds_data_dir, examples_per_class=args.examples_per_class, seed=args.seed)
@@ -168,11 +182,11 @@ def run_finetune(args):
         f"validation ({task.splits[1]}), {task.test.num_examples} test ({task.splits[2]}) examples, {task.train.num_classes} classes"
     )
     tuner = bit_keras.BiTFineTuner(variant, recipe, run, weights=weights, num_classes=task.train.num_classes)
-    print(f"[model] {variant.name}, weights from {tuner.model.weights_source or 'random initialisation'}")
+    print(f"[model] {tuner.model.name}, weights from {tuner.model.weights_source or 'random initialisation'}")
     tuner.fit(task.train, validation_data=task.validation)
     top1 = tuner.evaluate(task.test, verbose=0)["accuracy"]
     write_outputs(tuner.model, args)
-    print(f"result: dataset={task.name} variant={variant.name} steps={tuner.total_steps} top-1={top1:.4f}")
+    print(f"result: dataset={task.name} variant={tuner.model.name} steps={tuner.total_steps} top-1={top1:.4f}")
     return 0
 
 
@@ -186,16 +200,16 @@ def run_pretrain(args):
         f"[data] {task.name}: {task.train.num_examples} training ({task.splits[0]}) and {task.validation.num_examples} "
         f"validation ({task.splits[1]}) examples, {task.train.num_classes} classes"
     )
-    variant = bit_keras.get_variant(args.variant)
     weights = weights_option(args.weights)
-    print(f"[model] {variant.name}, {'fresh weights' if weights is None else 'weights ' + weights}")
+    variant = variant_option(args.variant, weights)
+    print(f"[model] {args.variant}, {'fresh weights' if weights is None else 'weights ' + weights}")
     model_or_variant = variant if weights is None else bit_keras.BiT(variant, weights=weights, num_classes=task.train.num_classes)
     pretrainer = bit_keras.BiTPretrainer(model_or_variant, recipe, run, num_classes=task.train.num_classes)
     pretrainer.fit(task.train, validation_data=task.validation)
     top1 = _evaluate(pretrainer.model, task.validation, recipe.image_size, pretrainer.engine.micro_batch)
     write_outputs(pretrainer.model, args)
     steps = pretrainer.schedule(task.train.num_examples).total_steps
-    print(f"result: dataset={task.name} variant={variant.name} steps={steps} top-1={top1:.4f}")
+    print(f"result: dataset={task.name} variant={pretrainer.model.name} steps={steps} top-1={top1:.4f}")
     return 0
 
 

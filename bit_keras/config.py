@@ -67,6 +67,9 @@ class RunConfig:
         None, "tf.distribute strategy; when unset, one device, or the TPU that --tpu names", resumes=False, choices=STRATEGIES
     )
     tpu: str = setting(None, "TPU name or grpc:// address; implies --strategy tpu (empty on a TPU VM)", resumes=False)
+    connect_timeout: float = setting(
+        300.0, "seconds to wait for the TPU, or for the other workers of multi_worker, before giving up", resumes=False
+    )
     mixed_precision: str = setting(None, "train in bfloat16 (TPU, recent GPUs) or float16", choices=MIXED_PRECISION)
     checkpoint_dir: str = setting(None, "back up here to resume after an interruption; keeps best.keras", resumes=False)
     backup_every: int = setting(None, "updates between backups in --checkpoint_dir (ten per run by default)", resumes=False)
@@ -78,6 +81,7 @@ class RunConfig:
     def __post_init__(self):
         arguments.positive_int("batch_size", self.batch_size)
         arguments.positive_int("batch_split", self.batch_split)
+        arguments.positive_float("connect_timeout", self.connect_timeout)
         if self.backup_every is not None:
             arguments.positive_int("backup_every", self.backup_every)
         if self.seed is not None:

@@ -158,26 +158,30 @@ def from_arrays(images, labels, num_classes=None):
     return Source(dataset, len(labels), num_classes, by_index=by_index)
 
 
-def from_folder(path, extensions=(".jpg", ".jpeg", ".png", ".bmp", ".gif")):
+VERIFY_UP_TO = 10000  # files `from_folder(verify="auto")` decodes at start-up: ~5 ms each (docs/performance.md)
+
+
+def from_folder(path, extensions=(".jpg", ".jpeg", ".png", ".bmp", ".gif"), verify="auto"):
     """A `Source` from a folder with one sub-folder of images per class.
 
-    Class ids follow the sorted sub-folder names. Start-up reads only the first
-    bytes of each file, in parallel threads, so a folder of a million images
-    opens in seconds: files with another ending, or whose first bytes are not
-    those of a JPEG, PNG, BMP or GIF, are skipped and named in one warning.
-    Files that look like images but fail to decode (truncated, corrupt, or a
-    variant TensorFlow cannot read) are dropped when the pipeline reads them,
-    so training never stops on a bad file; TensorFlow logs each one.
+    Class ids follow the sorted sub-folder names. Start-up reads the first
+    bytes of each file, in parallel threads: files with another ending, or
+    whose first bytes are not those of a JPEG, PNG, BMP or GIF, are skipped
+    and named in one warning. With `verify`, it then decodes each of them
+    once, as the pipeline will, and skips and names those that fail
+    (truncated, corrupt, or a variant TensorFlow cannot read), so that
+    `num_examples` is exact. Unverified files that fail are dropped when the
+    pipeline reads them, so training never stops on a bad file.
     Grayscale, palette and RGBA images become RGB (alpha is dropped).
-
-    `num_examples` counts the files that passed the start-up check: an epoch
-    yields fewer examples by the number of files dropped at read time. A
-    class folder with no images keeps its class id and gets a warning.
+    A class folder with no images keeps its class id and gets a warning.
 
     Args:
         path: the root folder, e.g. `flowers/` holding `daisy/`, `rose/`, ...
         extensions: a file ending or a sequence of them (any case, with or
             without the dot); files with other endings are skipped.
+        verify: True decodes every file at start-up; False checks headers
+            only (a folder of a million images opens in seconds); "auto"
+            verifies folders of up to `VERIFY_UP_TO` images.
 
     Example:
 
@@ -213,16 +217,28 @@ def from_folder(path, extensions=(".jpg", ".jpeg", ".png", ".bmp", ".gif")):
     labels = [label for label, ok in zip(labels, looks_like_image) if ok]
     skipped += [file for file, ok in zip(candidates, looks_like_image) if not ok]
     if skipped:
-        shown = ", ".join(sorted(skipped)[:5]) + (", ..." if len(skipped) > 5 else "")
         warnings.warn(
             f"from_folder skipped {len(skipped)} file(s) under {path} that are not "
-            f"{'/'.join('.' + e for e in extensions)} images: {shown}",
+            f"{'/'.join('.' + e for e in extensions)} images: {_some(skipped)}",
             stacklevel=2,
         )
+    if verify not in (True, False, "auto"):
+        raise ValueError(f"verify must be True, False or 'auto', got {verify!r}.")
+    if verify is True or (verify == "auto" and len(paths) <= VERIFY_UP_TO):
+        with concurrent.futures.ThreadPoolExecutor(max_workers=_IO_THREADS) as pool:
+            decodes = list(pool.map(_decodes, paths, chunksize=64))
+        undecodable = [file for file, ok in zip(paths, decodes) if not ok]
+        paths, labels = [f for f, ok in zip(paths, decodes) if ok], [c for c, ok in zip(labels, decodes) if ok]
+        if undecodable:
+            warnings.warn(
+                f"from_folder skipped {len(undecodable)} file(s) under {path} that have image headers but do not "
+                f"decode (truncated, corrupt, or a variant TensorFlow cannot read): {_some(undecodable)}",
+                stacklevel=2,
+            )
     if not paths:
         raise ValueError(
             f"{path} holds no readable images with endings {tuple('.' + e for e in extensions)}. "
-            f"Pass extensions= the endings of your image files."
+            f"Pass extensions= the endings of your image files, or replace the files named above."
         )
     counts = np.bincount(labels, minlength=len(class_dirs))
     empty = [class_dirs[i].name for i in np.flatnonzero(counts == 0)]
@@ -673,6 +689,18 @@ def _has_image_signature(path):
 
 def _decode_image(path):
     return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+
+
+def _decodes(path):
+    try:
+        _decode_image(path)
+    except tf.errors.OpError:
+        return False
+    return True
+
+
+def _some(files, shown=5):
+    return ", ".join(sorted(map(str, files))[:shown]) + (", ..." if len(files) > shown else "")
 
 
 def _count(dataset):

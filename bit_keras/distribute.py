@@ -14,15 +14,22 @@ Example:
 """
 
 import contextlib
+import faulthandler
 import json
 import os
+import socket
+import sys
+import time
 
 import keras
 
+from bit_keras import arguments
+
 NAMES = ("auto", "tpu", "mirrored", "multi_worker", "default")
+CONNECT_TIMEOUT = 300  # seconds to wait for a TPU or for the other workers of TF_CONFIG
 
 
-def resolve_strategy(spec="auto", tpu=None):
+def resolve_strategy(spec="auto", tpu=None, connect_timeout=CONNECT_TIMEOUT):
     """The strategy (TensorFlow) or distribution (JAX) that `spec` names.
 
     Args:
@@ -35,6 +42,8 @@ def resolve_strategy(spec="auto", tpu=None):
             returned as is. None means "default", or "tpu" when `tpu` names one.
         tpu: the TPU's name or `grpc://` address for "tpu" (and "auto");
             None looks it up from the environment, as on a Cloud TPU VM.
+        connect_timeout: seconds to wait for the TPU to answer, or for the
+            other workers of "multi_worker" to start, before giving up.
 
     Returns:
         A `tf.distribute.Strategy` under the TensorFlow backend; under JAX a
@@ -55,7 +64,8 @@ def resolve_strategy(spec="auto", tpu=None):
             f"strategy={spec!r} needs the TensorFlow or JAX backend of Keras; this process runs "
             f"{keras.backend.backend()!r}. Set KERAS_BACKEND=tensorflow (or jax) before keras is imported."
         )
-    return _tf_strategy(spec, tpu)
+    connect_timeout = arguments.positive_float("connect_timeout", connect_timeout)
+    return _tf_strategy(spec, tpu, connect_timeout)
 
 
 def accelerator_visible():
@@ -177,21 +187,26 @@ def _check_instance(spec):
     )
 
 
-def _tf_strategy(spec, tpu):
+def _tf_strategy(spec, tpu, connect_timeout):
     import tensorflow as tf
 
     if spec == "default":
         return tf.distribute.get_strategy()
     if spec == "tpu" or (spec == "auto" and (tpu or _tpu_in_environment())):
-        return _tpu_strategy(tpu, required=spec == "tpu")
+        return _tpu_strategy(tpu, required=spec == "tpu", connect_timeout=connect_timeout)
     if spec == "multi_worker":
-        if not tf_config():
+        config = tf_config()
+        if not config:
             raise ValueError(
                 "strategy='multi_worker' reads the cluster from the TF_CONFIG environment variable, which is not set. "
                 'On each host set TF_CONFIG=\'{"cluster": {"worker": ["host1:port", "host2:port"]}, '
                 '"task": {"type": "worker", "index": i}}\' (see the README), or use strategy=\'mirrored\' on one host.'
             )
-        return _reduces_structures(tf.distribute.MultiWorkerMirroredStrategy())
+        peers = _peers(config)
+        awaited = f"TF_CONFIG's {', '.join(peers)}" if peers else "this worker's own start"
+        with _watchdog(connect_timeout, awaited, "start them, check TF_CONFIG on every host, or raise connect_timeout"):
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        return _reduces_structures(strategy)
     gpus = tf.config.list_logical_devices("GPU")
     if spec == "auto":
         return tf.distribute.MirroredStrategy([d.name for d in gpus]) if gpus else tf.distribute.get_strategy()
@@ -228,20 +243,78 @@ def _tpu_in_environment():
     return bool(os.environ.get("TPU_NAME") or os.environ.get("TPU_ACCELERATOR_TYPE") or os.path.exists("/dev/accel0"))
 
 
-def _tpu_strategy(tpu, required):
+def _peers(config):
+    """'worker 1 at host:port' for every task of TF_CONFIG's cluster but this one."""
+    task = config.get("task") or {}
+    me = (task.get("type", "worker"), int(task.get("index", 0)))
+    return [
+        f"{kind} {index} at {address}"
+        for kind, addresses in config.get("cluster", {}).items()
+        for index, address in enumerate(addresses if isinstance(addresses, list) else [])
+        if (kind, index) != me
+    ]
+
+
+@contextlib.contextmanager
+def _watchdog(seconds, awaited, fix):
+    """Says what the block waits for; if it blocks past `seconds`, ends the process with exit code 1.
+
+    TensorFlow waits for a cluster inside C++ without releasing the GIL, so
+    no Python thread or signal handler runs until it returns; faulthandler's
+    timer is a C thread, the one thing left that can end the wait.
+    """
+    print(
+        f"bit_keras: waiting up to {seconds:g} s (connect_timeout) for {awaited}; past that this process stops "
+        f"with exit code 1 and a 'Timeout' trace: {fix}.",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        faulthandler.dump_traceback_later(seconds, exit=True)
+    except (AttributeError, ValueError, OSError, RuntimeError):  # no usable stderr (some notebooks): no limit
+        yield
+        return
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+def _await_address(address, seconds):
+    """Waits until `host:port` accepts a TCP connection; False if it has not within `seconds`."""
+    host, _, port = address.rpartition("//")[2].rpartition(":")
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
+                return True
+        except (OSError, ValueError):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def _tpu_strategy(tpu, required, connect_timeout):
     import tensorflow as tf
 
+    where = f"tpu={tpu!r}" if tpu else "a local TPU (/dev/accel*) or the TPU_NAME environment variable"
     try:
         if not (tpu or _tpu_in_environment()):
             # Without a name or a local TPU the resolver would ask the GCE metadata server: fail fast instead.
             raise ValueError("no tpu= given, no TPU_NAME set and no /dev/accel* device")
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        except Exception as error:  # the Cloud TPU API's URL, HTTP and credential errors, among others
+            raise ValueError(f"could not look the TPU up ({type(error).__name__}: {error})") from None
+        master = resolver.master()
+        if master.startswith("grpc://") and not _await_address(master, connect_timeout):
+            raise ValueError(f"nothing answered at {master} within {connect_timeout:g} s (connect_timeout)")
+        with _watchdog(connect_timeout, f"the TPU at {master or 'this host'}", "check that the TPU is up and yours"):
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, tf.errors.OpError) as error:
         if not required:
-            return _tf_strategy("mirrored" if tf.config.list_logical_devices("GPU") else "default", None)
-        where = f"tpu={tpu!r}" if tpu else "a local TPU (/dev/accel*) or the TPU_NAME environment variable"
+            return _tf_strategy("mirrored" if tf.config.list_logical_devices("GPU") else "default", None, connect_timeout)
         raise ValueError(
             f"strategy='tpu' found no TPU: looked for {where} ({type(error).__name__}: {error}). Run on a Cloud TPU VM, "
             f"pass tpu= the TPU's name or grpc:// address, or choose strategy='mirrored' or 'default'."

@@ -181,7 +181,7 @@ class Engine:
         self.batch_size = run.batch_size
         self.batch_split = run.batch_split
         self.backup_every = run.backup_every
-        self.strategy = distribute.resolve_strategy(run.strategy, run.tpu)
+        self.strategy = distribute.resolve_strategy(run.strategy, run.tpu, run.connect_timeout)
         self.replicas = distribute.num_replicas(self.strategy)
         if self.batch_size % (self.batch_split * self.replicas):
             raise ValueError(

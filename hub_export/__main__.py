@@ -12,10 +12,8 @@ import argparse
 import os
 import sys
 
-import keras
-
 import bit_keras
-from bit_keras import _startup
+from bit_keras import _startup, checkpoints
 
 
 def add_arguments(parser):
@@ -28,7 +26,8 @@ def add_arguments(parser):
     )
     parser.add_argument(
         "--variant",
-        help="e.g. BiT-M-R50x1, or R{u1}-{u2}-{u3}-{u4}x{width} for a custom size; not needed for a .keras file",
+        help="e.g. BiT-M-R50x1, R{u1}-{u2}-{u3}-{u4}x{width} for a custom size, or auto to read it from --weights; "
+        "not needed for a .keras file",
     )
     parser.add_argument("--flavor", default="feature_vector", choices=("feature_vector", "classification"))
     parser.add_argument("--out", required=True, help="the SavedModel folder to write")
@@ -71,9 +70,9 @@ def _parse_args(argv):
 def _load_model(args):
     if args.weights.endswith(".keras"):
         print(f"[1/3] Loading the model from {args.weights}")
-        return keras.saving.load_model(args.weights, compile=False)
-    variant = bit_keras.get_variant(args.variant)
-    print(f"[1/3] Building {variant.name} with the weights of {args.weights}")
+        return checkpoints.load_keras(args.weights)
+    variant = args.variant if args.variant == "auto" else bit_keras.get_variant(args.variant)
+    print(f"[1/3] Building {args.variant} with the weights of {args.weights}")
     include_top = args.flavor == "classification"
     return bit_keras.BiT(variant, weights=args.weights, num_classes=args.num_classes, include_top=include_top)
 
@@ -125,7 +124,7 @@ def run(args):
         model = _load_model(args)
         print(f"[2/3] Writing the {args.flavor} module to {args.out}")
         record = hub_export.export(model, args.out, flavor=args.flavor, input_range=args.input_range, overwrite=args.overwrite)
-    except (ValueError, FileExistsError, RuntimeError, ImportError) as error:
+    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except OSError as error:  # an unwritable --out, a full disk: one line naming the path

@@ -47,9 +47,16 @@ class HubModuleLayer(keras.layers.TFSMLayer):
 
     def __init__(self, filepath, trainable=False, name=None, dtype="float32"):
         require_tensorflow("hub_export.load")
+        import tensorflow as tf  # after the check: hub_export itself imports without TensorFlow
+
         filepath = os.fspath(filepath)
         try:
             super().__init__(filepath, call_endpoint="__call__", trainable=trainable, name=name, dtype=dtype)
+        except (IndexError, tf.errors.OpError) as error:  # IndexError: the variables' data file ends early
+            raise ValueError(
+                f"{filepath} is not a complete SavedModel: its variables cannot be read ({str(error).splitlines()[0][:200]}); "
+                f"variables/variables.data may be truncated. Export or download it again."
+            ) from None
         except ValueError as error:
             if "'__call__'" not in str(error):
                 raise

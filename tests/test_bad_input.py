@@ -1,6 +1,12 @@
 """Bad input, as a new user gives it: a clear error naming the argument, never a silently wrong run."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
 
 import keras
 import numpy as np
@@ -55,10 +61,48 @@ def test_saving_a_model_that_wraps_a_bit_is_refused(tmp_path):
 
 def test_a_tpu_name_implies_the_tpu_strategy(monkeypatch):
     asked = []
-    monkeypatch.setattr(distribute, "_tf_strategy", lambda spec, tpu: asked.append((spec, tpu)))
+    monkeypatch.setattr(distribute, "_tf_strategy", lambda spec, tpu, connect_timeout: asked.append((spec, tpu)))
     distribute.resolve_strategy(None, tpu="my-tpu")
     distribute.resolve_strategy(None)
     assert asked == [("tpu", "my-tpu"), ("default", None)]
+
+
+def test_a_tpu_address_where_nothing_listens_fails_within_the_timeout():
+    with socket.socket() as unused:  # a port that was free a moment ago, so nothing listens there
+        unused.bind(("127.0.0.1", 0))
+        address = f"grpc://127.0.0.1:{unused.getsockname()[1]}"
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=f"nothing answered at {address} within 2 s"):
+        distribute.resolve_strategy("tpu", tpu=address, connect_timeout=2)
+    assert time.monotonic() - started < 30
+
+
+def test_a_tpu_name_that_cannot_be_looked_up_is_named(monkeypatch):
+    def unreachable(**kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", unreachable)
+    with pytest.raises(ValueError, match=r"strategy='tpu' found no TPU: looked for tpu='my-tpu' \(.*could not look the TPU up"):
+        distribute.resolve_strategy("tpu", tpu="my-tpu")
+
+
+def test_a_worker_that_never_starts_is_named_and_given_up_on(tmp_path):
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}})}
+    script = "from bit_keras import distribute; distribute.resolve_strategy('multi_worker', connect_timeout=3)"
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 1
+    assert f"waiting up to 3 s (connect_timeout) for TF_CONFIG's worker 1 at 127.0.0.1:{ports[1]}" in result.stderr
+    assert "Timeout (0:00:03)" in result.stderr
+    assert time.monotonic() - started < 200
+
+
+def _free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize(
@@ -88,7 +132,10 @@ def test_a_folder_where_nothing_decodes_is_an_error_not_an_endless_loop(tmp_path
         (tmp_path / name).mkdir()
         for i in range(3):  # a PNG signature, then nothing an image decoder can read
             (tmp_path / name / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
-    source = data.from_folder(tmp_path)
+    with pytest.warns(UserWarning, match=r"skipped 6 file\(s\) .* do not decode"):
+        with pytest.raises(ValueError, match=f"{tmp_path} holds no readable images"):
+            data.from_folder(tmp_path)
+    source = data.from_folder(tmp_path, verify=False)  # headers only: the engine finds out
     with pytest.raises(ValueError, match="yields no example, though 6 were counted"):
         BiTFineTuner(bit_keras.BiT(TINY, num_classes=2), batch_size=2, steps=1, sizes=(20, 16)).fit(source, verbose=0)
     with pytest.raises(ValueError, match="yields no example"):
@@ -254,3 +301,15 @@ def test_float_images_in_zero_one_from_tf_data_are_warned_about():
     tuner = BiTFineTuner(bit_keras.BiT(TINY, num_classes=2), batch_size=8, steps=1, sizes=(20, 16), dataset_size=16)
     with pytest.warns(UserWarning, match=r"fit takes pixels in \[0, 255\].*multiply them by 255"):
         tuner.fit(floats, verbose=0)
+
+
+def test_a_saved_model_with_truncated_variables_is_named(tmp_path):
+    import hub_export
+
+    path = tmp_path / "module"
+    hub_export.export(bit_keras.BiT(TINY, num_classes=3), path)
+    data_file = next((path / "variables").glob("variables.data-*"))
+    data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 3])
+    for load in (lambda: bit_keras.BiT(None, weights=str(path)), lambda: hub_export.load(path)):
+        with pytest.raises(ValueError, match=rf"{path}.*variables/variables.data may be truncated"):
+            load()

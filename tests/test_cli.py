@@ -253,3 +253,18 @@ def test_the_console_script_is_installed(tmp_path):
     assert os.path.exists(script), f"{script} missing: reinstall with pip install -e ."
     result = subprocess.run([script, "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0 and result.stdout.startswith("bit-keras "), result.stderr[-2000:]
+
+
+def test_finetune_variant_auto_reads_the_architecture_from_the_weights(tmp_path):
+    np.savez(tmp_path / "tiny.npz", **random_state((1, 1, 1, 1), 1, 5, seed=3))
+    args = ["finetune", "--dataset", "cifar10", "--variant", "auto", "--weights", str(tmp_path / "tiny.npz")]
+    args += ["--batch_size", "8", "--steps", "2", "--sizes", "20,16"]
+    result = bit_keras_cli(args, tmp_path, code=MOCK_TFDS)
+    assert result_line(result.stdout)[1].endswith("R1-1-1-1x1")
+
+
+def test_finetune_variant_auto_needs_weights_to_read(tmp_path, capsys):
+    from bit_keras.cli import main
+
+    assert main(["finetune", "--dataset", "cifar10", "--variant", "auto"]) == 1
+    assert "--variant auto reads the architecture from --weights" in capsys.readouterr().err

@@ -329,10 +329,10 @@ def test_from_folder_skips_bad_files_and_converts_to_rgb(tmp_path):
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        source = data.from_folder(tmp_path)
+        source = data.from_folder(tmp_path, verify=False)
     messages = [str(w.message) for w in caught if "from_folder" in str(w.message)]
-    # Start-up reads only headers: the wrong ending and the non-image are named
-    # there; the corrupt and the truncated file are dropped when read.
+    # Unverified, start-up reads only headers: the wrong ending and the non-image
+    # are named there; the corrupt and the truncated file are dropped when read.
     assert len(messages) == 1
     assert "skipped 2 file(s)" in messages[0] and str(tmp_path) in messages[0]
     assert "notes.txt" in messages[0] and "fake.jpg" in messages[0]
@@ -346,6 +346,14 @@ def test_from_folder_skips_bad_files_and_converts_to_rgb(tmp_path):
     assert labels_of(np.repeat(gray[..., None], 3, axis=-1)) == [0]  # ant/gray.PNG
     assert labels_of(rgba[..., :3]) == [1]  # zebra/rgba.png
     assert len(list(source.dataset.as_numpy_iterator())) == 4  # every pass drops the same files
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        verified = data.from_folder(tmp_path)  # a small folder: every file decoded once at start-up
+    undecodable = [str(w.message) for w in caught if "do not decode" in str(w.message)]
+    assert len(undecodable) == 1 and "skipped 2 file(s)" in undecodable[0]
+    assert "corrupt.png" in undecodable[0] and "truncated.jpg" in undecodable[0]
+    assert verified.num_examples == 4 == len(list(verified.dataset.as_numpy_iterator()))
 
 
 @pytest.mark.parametrize("extensions", [".png", "PNG", [".png"], ("png", ".PNG")])
@@ -395,8 +403,10 @@ def test_from_folder_reads_a_large_folder_by_headers(tmp_path, monkeypatch):
         return tf.zeros((1, 1, 3), tf.uint8)
 
     monkeypatch.setattr(data, "_decode_image", decode)
-    source = data.from_folder(tmp_path)
+    source = data.from_folder(tmp_path, verify=False)
     assert source.num_examples == 100 and decoded == []
+    monkeypatch.setattr(data, "VERIFY_UP_TO", 99)  # "auto" verifies only folders up to this size
+    assert data.from_folder(tmp_path).num_examples == 100 and decoded == []
     assert len(list(source.dataset)) == 100
 
 

@@ -341,3 +341,12 @@ def test_kaggle_handle_served_from_a_local_folder(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not a complete checkpoint and was deleted"):
         bit_keras.BiT("auto", weights="kaggle:google/bit/tensorFlow2/m-r-tiny")
     assert not folder.exists()
+
+
+def test_a_batchnorm_resnetv2_is_said_not_to_be_a_bit(tmp_path):
+    model = timm.create_model("resnetv2_50", pretrained=False)
+    path = tmp_path / "batchnorm.safetensors"
+    safetensors.torch.save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(path))
+    for variant in ("auto", "BiT-S-R50x1"):
+        with pytest.raises(ValueError, match=r"is not a BiT model: it holds BatchNorm statistics .*resnetv2_50"):
+            bit_keras.BiT(variant, weights=str(path))

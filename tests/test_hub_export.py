@@ -352,6 +352,29 @@ def test_cli_exports_a_keras_file(state, tmp_path, capsys):
     assert hub_export.read_metadata(out)["flavor"] == "feature_vector"
 
 
+def test_cli_reads_the_variant_from_the_weights_with_variant_auto(state, tmp_path, capsys):
+    weights = str(tmp_path / "tiny.npz")
+    bit_keras.save_official(tiny_model(state), weights)
+    out = str(tmp_path / "exported")
+    assert cli(["--variant", "auto", "--weights", weights, "--flavor", "classification", "--out", out]) == 0
+    assert "logits: float32[batch, 5]" in capsys.readouterr().out
+    assert hub_export.read_metadata(out)["variant"] == "R1-1-1-1x1"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_cli_names_a_keras_file_it_cannot_read(state, tmp_path, capsys, damage):
+    keras_file = tmp_path / "tiny.keras"
+    tiny_model(state).save(keras_file)
+    if damage == "truncated":
+        keras_file.write_bytes(keras_file.read_bytes()[:1000])
+    else:
+        keras_file.unlink()
+    assert cli(["--weights", str(keras_file), "--out", str(tmp_path / "exported")]) == 1
+    message = {"truncated": "is not a complete .keras file", "missing": "no such .keras file"}[damage]
+    error = capsys.readouterr().err
+    assert str(keras_file) in error and message in error, error
+
+
 def test_cli_needs_a_variant_for_a_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli(["--weights", "BiT-M-R50x1.npz", "--out", str(tmp_path / "x")])

@@ -14,6 +14,7 @@ Families: "official" (.npz, the TF2 .h5, TF-Hub / Kaggle SavedModels),
 
 from bit_keras.checkpoints.formats import (
     Weights,
+    load_keras,
     read_checkpoint,
     read_file,
     read_folder,

@@ -185,6 +185,14 @@ def _pytorch_family(path, raw):
             f"transformers' 'bit.embedder.convolution.weight' or {ROOT_KERNEL!r}"
             f"{' (e.g. ' + examples + ')' if examples else ''}. Pass a timm ResNetV2-BiT or transformers Bit checkpoint."
         )
+    statistics = [key for key in raw if key.endswith((".running_mean", ".running_var", ".num_batches_tracked"))]
+    if statistics:
+        raise ValueError(
+            f"{path} is not a BiT model: it holds BatchNorm statistics ({statistics[0]!r} and {len(statistics) - 1} "
+            f"more), so it is a ResNet-v2 with batch norms (such as timm's resnetv2_50), while BiT's norms are "
+            f"GroupNorms with weight-standardised convolutions. Pass a BiT checkpoint, e.g. "
+            f"'timm/resnetv2_50x1_bit.goog_in21k' or 'google/bit-50'."
+        )
     if family == "transformers":
         raw = transformers_keys(raw)
     return family, to_official(family, raw)[0]
@@ -265,10 +273,10 @@ def read_saved_model(path):
         reader = tf.train.load_checkpoint(prefix)
         shapes = reader.get_variable_to_shape_map()
         graph_bytes = reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH") if "_CHECKPOINTABLE_OBJECT_GRAPH" in shapes else None
-    except (tf.errors.OpError, ValueError) as error:
+    except (tf.errors.OpError, ValueError, IndexError) as error:  # IndexError: the data file ends early
         raise ValueError(
-            f"{path} is not a readable SavedModel: its variables/variables.index cannot be read "
-            f"({str(error).splitlines()[0][:200]}); it may be truncated or not a SavedModel. Export or download it again."
+            f"{path} is not a readable SavedModel: its variables cannot be read ({str(error).splitlines()[0][:200]}); "
+            f"variables/variables.data may be truncated, or it is not a SavedModel. Export or download it again."
         ) from None
     if graph_bytes is not None:
         graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(graph_bytes)
@@ -294,7 +302,7 @@ def read_saved_model(path):
             )
         try:
             state[key], sources[key] = reader.get_tensor(checkpoint_key), checkpoint_key
-        except tf.errors.OpError as error:
+        except (tf.errors.OpError, IndexError) as error:  # IndexError: the data file ends before the tensor
             raise ValueError(
                 f"{path}: the variable {checkpoint_key!r} cannot be read ({str(error).splitlines()[0][:200]}); "
                 f"variables/variables.data may be truncated. Export or download it again."
@@ -341,24 +349,30 @@ def _model_nodes(graph):
 
 
 def read_keras(path):
-    """The official-layout weights of a `.keras` file saved from a bit_keras model.
+    """The official-layout weights of a `.keras` file saved from a bit_keras model."""
+    return model_state(load_keras(path))
+
+
+def load_keras(path):
+    """The model of a `.keras` file, uncompiled; a ValueError naming the file when it is truncated or foreign.
 
     The layers the file names (bit_keras>StandardizedConv2D, ...) are registered by `bit_keras.layers`,
     which this module imports through `resnet`.
     """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such .keras file.")
     if not zipfile.is_zipfile(path):
         raise ValueError(
             f"{path} is not a complete .keras file (not a readable zip archive); it may be truncated. Save it again."
         )
     try:
-        model = keras.saving.load_model(path, compile=False)
+        return keras.saving.load_model(path, compile=False)
     except Exception as error:
         raise ValueError(
             f"{path} could not be loaded as a Keras model ({type(error).__name__}: {str(error).splitlines()[0][:300]}). "
             f"It may be truncated or saved by another package; bit_keras models need `import bit_keras` first "
             f"(it registers bit_keras>StandardizedConv2D and bit_keras>GroupNormalization)."
         ) from None
-    return model_state(model)
 
 
 def read_keras_weights(path, spec):
