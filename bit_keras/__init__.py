@@ -16,9 +16,10 @@ from bit_keras import _startup
 if _startup.configured_backend() == "tensorflow":
     _startup.import_tensorflow()
 
-from bit_keras import config, distribute, hyperrule, optional, preprocess, training  # noqa: E402 (after the quiet import)
+from bit_keras import config, distribute, hyperrule, labels, optional, preprocess, training  # noqa: E402 (after the quiet import)
 from bit_keras.checkpoints import save_official, save_timm, save_transformers
 from bit_keras.hyperrule import HyperRule
+from bit_keras.labels import decode_predictions
 from bit_keras.layers import GroupNormalization, StandardizedConv2D
 from bit_keras.models import BiT
 from bit_keras.resnet import Variant, get_variant, variants

@@ -66,7 +66,11 @@ def BiT(
     The returned model records where its weights came from:
     `model.weights_family` ("official", "timm", "transformers", "keras" or
     None for fresh weights) and `model.weights_source`. Nothing is warned
-    when the family's own epsilon differs from `ws_epsilon`.
+    when the family's own epsilon differs from `ws_epsilon`. It also has
+    `model.class_names`, one name per output, where the weights say them
+    (a transformers folder's id2label; the ImageNet names for a release name
+    with a 1000 / 21843-class head, see `bit_keras.labels`), else None;
+    `bit_keras.decode_predictions` turns logits into names.
 
     Example:
 
@@ -102,11 +106,13 @@ def BiT(
         if keras.config.dtype_policy().name == "mixed_bfloat16":  # after the strategy has connected any TPU
             _warn_if_bfloat16_is_emulated()
         model = build_resnet(spec, classes, include_top, pooling, input_shape, name, ws_epsilon=ws_epsilon)
+    keep_head = state is not None and include_top and classes == checkpoint_classes
     if state is not None:
-        keep_head = include_top and classes == checkpoint_classes
         checkpoints.load_state(model, state, record.source, skip_head=not keep_head)
     model.weights_family = record.family if record else None
     model.weights_source = record.source if record else None
+    names = record.class_names if keep_head else None
+    model.class_names = tuple(names) if names is not None and len(names) == classes else None
     return model
 
 

@@ -41,6 +41,11 @@ for name in ("out.npz", "out.safetensors", "hf", "out.keras", "out.weights.h5"):
                           ws_epsilon=1e-8 if name in ("out.safetensors", "hf") else 1e-10)
     assert np.abs(again.predict(x, verbose=0) - got).max() <= 3e-4 * np.abs(got).max(), name
 
+# Class names need only NumPy, and decode the backend's own tensors.
+assert bit_keras.decode_predictions(np.eye(1000)[[207]], top=1) == [[("n02099601", "golden retriever", 1.0)]]
+best = bit_keras.decode_predictions(model(x[:1]), top=1, class_names=["a", "b", "c"])[0][0]
+assert best[0] == int(np.argmax(got[0])) and abs(best[2] - float(got[0].max())) <= 1e-4 * np.abs(got).max(), best
+
 # model.fit on arrays with the HyperRule's schedule.
 rule = bit_keras.HyperRule(dataset_size=8, image_size=(40, 40), batch_size=4, steps=2)
 model.compile(optimizer=keras.optimizers.SGD(rule.learning_rate(), momentum=0.9),

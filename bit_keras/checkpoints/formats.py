@@ -14,9 +14,10 @@ import zipfile
 import keras
 import numpy as np
 
-from bit_keras import optional
+from bit_keras import labels, optional
 from bit_keras.checkpoints import releases
 from bit_keras.checkpoints.mapping import (
+    HEAD_BIAS,
     HEAD_KERNEL,
     ROOT_KERNEL,
     canonical_key,
@@ -38,8 +39,9 @@ class Weights:
         family: "official" (.npz, .h5, SavedModel), "timm", "transformers" or
             "keras" (this package's .keras / .weights.h5).
         source: the path or name read, for messages.
-        class_names: the head's class names when the file records them
-            (transformers' id2label), else None.
+        class_names: the head's class names when the source says them
+            (transformers' id2label; the ImageNet names for a release name
+            with a 1000 / 21843-class head, see `bit_keras.labels`), else None.
     """
 
     state: dict
@@ -498,4 +500,8 @@ def read_weights(weights, spec=None):
         )
     record = read_folder(local) if os.path.isdir(local) else read_file(local, spec)
     record.source = f"{path} ({local})"
+    if record.class_names is None and releases.has_imagenet_head(path):
+        classes = record.state[HEAD_BIAS].shape[0] if HEAD_BIAS in record.state else None
+        if classes in (labels.ILSVRC2012_CLASSES, labels.IMAGENET21K_CLASSES):
+            record.class_names = list(labels.imagenet_class_names(classes))
     return record

@@ -82,6 +82,31 @@ def find_release(name):
     return None
 
 
+_IMAGENET_PUBLISHERS = ("google", "timm")  # Hub and Kaggle owners whose 1000 / 21843-class BiT heads are ImageNet's
+
+
+def has_imagenet_head(name):
+    """Whether the release called `name` was published with an ImageNet head, where it has 1000 or 21843 classes.
+
+    True for the bucket's upstream, -ILSVRC2012 and distilled files (not the
+    VTAB ones), and for Hugging Face repos and Kaggle handles of Google or
+    timm; a head of 1000 classes there is ILSVRC-2012's, of 21843 ImageNet-21k's
+    (see `bit_keras.labels`). False for anything else, local paths included.
+
+    Example:
+
+    >>> has_imagenet_head("BiT-M-R50x1"), has_imagenet_head("BiT-M-R50x1-run0-dtd"), has_imagenet_head("me/my-bit")
+    (True, False, False)
+    """
+    release = find_release(name)
+    if release is not None:
+        return release.num_classes is not None
+    kaggle = _KAGGLE.match(name)
+    hf = _HF_REPO.match(name)
+    owner = (kaggle["short"] or kaggle["long"]) if kaggle else hf["repo"] if hf else ""
+    return owner.split("/")[0].lower() in _IMAGENET_PUBLISHERS
+
+
 def cache_dir():
     """Folder of downloaded bucket checkpoints: $BIT_KERAS_CACHE or ~/.keras/bit_keras."""
     return os.environ.get("BIT_KERAS_CACHE") or os.path.join(os.path.expanduser("~"), ".keras", "bit_keras")

@@ -295,8 +295,9 @@ def save_transformers(model, path, class_names=None, overwrite=False):
     """Writes `model` as a transformers Bit folder (`config.json` + `model.safetensors`), atomically.
 
     `BitForImageClassification.from_pretrained(path)` loads it with the
-    model's head (`config.num_labels`, and `id2label` from `class_names`); a
-    model built with `include_top=False` writes a headless `BitModel`.
+    model's head (`config.num_labels`, and `id2label` from `class_names`, by
+    default the model's own `model.class_names` where `bit_keras.BiT` set
+    them); a model built with `include_top=False` writes a headless `BitModel`.
     transformers uses weight-standardisation epsilon 1e-8.
 
     Example:
@@ -310,6 +311,10 @@ def save_transformers(model, path, class_names=None, overwrite=False):
     """
     safetensors_numpy = require("safetensors.numpy", "safetensors")
     official = _state_to_write(model, "save_transformers")
+    if class_names is None:  # the names BiT() read with the weights, where they fit the head
+        own = getattr(model, "class_names", None)
+        if own is not None and HEAD_BIAS in official and len(own) == official[HEAD_BIAS].shape[0]:
+            class_names = list(own)
     config = transformers_config(official, class_names)
     state = from_official("transformers", official)
     if HEAD_KERNEL not in official:  # a BitModel: the body without the "bit." prefix
