@@ -43,6 +43,13 @@ def positive_float(name, value):
     return float(value)
 
 
+def non_negative_float(name, value):
+    """`value` as a finite float >= 0, or a ValueError naming `name`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
+    return float(value)
+
+
 def flag(name, value):
     """`value` as a bool: True or False only (not the string "False", not 0)."""
     if not isinstance(value, (bool, np.bool_)):

@@ -1,13 +1,15 @@
-"""The `bit-keras` console command: demo, finetune, pretrain, export.
+"""The `bit-keras` console command: demo, finetune, pretrain, distill, export.
 
     bit-keras demo                                        # the transfer demo, under 5 minutes on a CPU
     bit-keras finetune --dataset oxford_flowers102 --variant BiT-M-R50x1
     bit-keras finetune --dataset photos/ --variant BiT-M-R50x1 --examples_per_class 5
     bit-keras pretrain --dataset imagenet2012 --variant BiT-S-R50x1 --strategy tpu --tpu my-tpu
+    bit-keras distill --dataset oxford_iiit_pet --teacher pets-r152x2.keras --student BiT-M-R50x1
     bit-keras export --variant BiT-M-R50x1 --weights BiT-M-R50x1.npz --out exported/m-r50x1
 
-`bit-keras <command> --help` lists each command's flags. `finetune` and
-`pretrain` end with one result line (dataset, variant, steps, top-1).
+`bit-keras <command> --help` lists each command's flags. `finetune`,
+`pretrain` and `distill` end with one result line (dataset, variant, steps,
+top-1; `distill` adds the teacher's top-1 and the agreement).
 
 Example:
 
@@ -54,13 +56,13 @@ def build_parser():
 
     parser = argparse.ArgumentParser(prog="bit-keras", description="Big Transfer (BiT) for Keras 3: " + __doc__.splitlines()[0])
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    commands = parser.add_subparsers(dest="command", title="commands", metavar="{demo,finetune,pretrain,export}")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="{demo,finetune,pretrain,distill,export}")
 
     demo_parser = commands.add_parser(
         "demo", help="pre-train upstream, export, few-shot fine-tune, compare with scratch (digits, no download)"
     )
     demo.add_arguments(demo_parser)
-    demo_parser.set_defaults(run=demo.run)
+    demo_parser.set_defaults(run=run_demo)
 
     finetune_parser = commands.add_parser(
         "finetune", help="fine-tune with the BiT-HyperRule on a TFDS dataset or an image folder"
@@ -86,6 +88,22 @@ def build_parser():
     config.add_flags(pretrain_parser, config.PretrainRecipe)
     add_output_flags(pretrain_parser)
     pretrain_parser.set_defaults(run=run_pretrain)
+
+    distill_parser = commands.add_parser(
+        "distill", help="distil a fine-tuned BiT teacher into a smaller BiT student (patient and consistent)"
+    )
+    add_data_flags(distill_parser)
+    distill_parser.add_argument(
+        "--teacher", required=True, help="the fine-tuned teacher: a .keras file, a checkpoint, a SavedModel or a release name"
+    )
+    distill_parser.add_argument("--student", default="BiT-M-R50x1", help="the student's variant, e.g. BiT-M-R50x1")
+    distill_parser.add_argument(
+        "--student_weights", default="release", help="'release' (the variant's released checkpoint), 'none' or a file"
+    )
+    config.add_flags(distill_parser, config.RunConfig, batch_size=distill.DISTILL_BATCH_SIZE, seed=0)
+    config.add_flags(distill_parser, config.DistillRecipe)
+    add_output_flags(distill_parser)
+    distill_parser.set_defaults(run=run_distill)
 
     export_parser = commands.add_parser(
         "export", help="write a BiT model as a TF-Hub-format SavedModel (as python -m hub_export)"
@@ -167,6 +185,15 @@ def variant_option(text, weights):
 # --------------------------------------------------------------------------- commands
 
 
+def run_demo(args):
+    if args.distill:
+        from bit_keras import distill_demo  # on the trainers: imported when asked for
+
+        demo.check_flags(args)
+        return distill_demo.run(args)
+    return demo.run(args)
+
+
 def run_finetune(args):
     from bit_keras import finetune, tasks  # on tf.data: imported when a command needs them
 
@@ -210,6 +237,39 @@ def run_pretrain(args):
     write_outputs(pretrainer.model, args)
     steps = pretrainer.schedule(task.train.num_examples).total_steps
     print(f"result: dataset={task.name} variant={pretrainer.model.name} steps={steps} top-1={top1:.4f}")
+    return 0
+
+
+def run_distill(args):
+    from bit_keras import distill, finetune, tasks  # on tf.data: imported when a command needs them
+
+    check_outputs(args)
+    recipe, run = config.from_flags(args, config.DistillRecipe), config.from_flags(args, config.RunConfig)
+    student_weights = weights_option(args.student_weights)
+    student = bit_keras.get_variant(args.student)
+    if student_weights == "release":  # refused before any data is read
+        student_weights = finetune.release_name(student)
+    task = tasks.load(args.dataset, data_dir=args.tfds_data_dir, seed=args.seed)
+    print(
+        f"[data] {task.name}: {task.train.num_examples} training ({task.splits[0]}), {task.validation.num_examples} "
+        f"validation ({task.splits[1]}), {task.test.num_examples} test ({task.splits[2]}) examples, {task.train.num_classes} classes"
+    )
+    distiller = distill.BiTDistiller(args.teacher, student, recipe, run, student_weights=student_weights)
+    if distiller.num_classes != task.train.num_classes:
+        raise ValueError(
+            f"--teacher {args.teacher} has {distiller.num_classes} classes but {task.name} has {task.train.num_classes}: "
+            f"the teacher must be fine-tuned on the task first (bit-keras finetune ... --save teacher.keras)."
+        )
+    print(f"[model] teacher {distiller.teacher.name} from {args.teacher}; student {distiller.student.name}, weights from "
+          f"{distiller.student.weights_source or 'random initialisation'}")
+    distiller.fit(task.train, validation_data=task.validation)
+    results = distiller.evaluate(task.test, verbose=0)
+    write_outputs(distiller.student, args)
+    steps = distiller.schedule(task.train.num_examples).total_steps
+    print(
+        f"result: dataset={task.name} variant={distiller.student.name} steps={steps} top-1={results['accuracy']:.4f} "
+        f"teacher_top-1={results['teacher_accuracy']:.4f} agreement={results['agreement']:.4f}"
+    )
     return 0
 
 

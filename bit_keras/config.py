@@ -27,6 +27,7 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 RULES = ("paper", "official")
 FREEZE_POINTS = ("root", "block1", "block2", "block3", "block4", "head_only")
 LOSSES = ("softmax", "sigmoid")
+DISTILL_LOSSES = ("function_matching", "hinton")
 
 
 def setting(default, help, *, resumes=True, parse=None, choices=None):
@@ -137,8 +138,7 @@ class PretrainRecipe:
     def __post_init__(self):
         if self.base_lr is not None:
             arguments.positive_float("base_lr", self.base_lr)
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}.")
+        arguments.non_negative_float("weight_decay", self.weight_decay)
         arguments.positive_float("epochs", self.epochs)
         if self.steps is not None:
             arguments.positive_int("steps", self.steps)
@@ -147,6 +147,49 @@ class PretrainRecipe:
         arguments.flag("flip", self.flip)
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillRecipe:
+    """What `BiTDistiller` trains: "patient and consistent" distillation (Beyer et al. 2022); the defaults are its recipe."""
+
+    loss: str = setting(
+        "function_matching",
+        "function_matching (KL from the teacher's to the student's outputs, labels unused) or hinton "
+        "((1 - alpha) CE(labels) + alpha T^2 CE(teacher_T, student_T))",
+        choices=DISTILL_LOSSES,
+    )
+    temperature: float = setting(1.0, "softmax temperature T of both outputs in the distillation term")
+    alpha: float = setting(0.5, "hinton only: weight of the distillation term against the labels' cross-entropy")
+    consistent: bool = setting(True, "teacher and student see the same augmented image; off: the teacher sees it unaugmented")
+    mixup_alpha: float = setting(1.0, "mixup of every batch with lambda ~ Beta(alpha, alpha): the paper's aggressive mixup")
+    epochs: float = setting(1000, "epochs of the training set: patience, the paper's long schedules")
+    steps: int = setting(None, "a number of updates instead of --epochs (quick runs)")
+    base_lr: float = setting(None, "peak LR used as given at any batch; default 0.003 x batch/512")
+    image_size: int = setting(224, "the student's resolution")
+    teacher_size: int = setting(None, "the teacher's resolution (384 for the released R152x2_T_384 teachers); default image_size")
+    crop_area: tuple = setting((0.08, 1.0), "share of the image area an Inception crop covers", parse=_pair(float, "crop_area"))
+    flip: bool = setting(True, "random left-right flips; off where a mirror image changes the label")
+
+    def __post_init__(self):
+        if self.loss not in DISTILL_LOSSES:
+            raise ValueError(f"loss must be one of {DISTILL_LOSSES}, got {self.loss!r}.")
+        arguments.positive_float("temperature", self.temperature)
+        alpha = arguments.non_negative_float("alpha", self.alpha)
+        if alpha > 1:
+            raise ValueError(f"alpha must be in [0, 1] (the distillation term's weight), got {self.alpha!r}.")
+        arguments.flag("consistent", self.consistent)
+        arguments.non_negative_float("mixup_alpha", self.mixup_alpha)
+        arguments.positive_float("epochs", self.epochs)
+        if self.steps is not None:
+            arguments.positive_int("steps", self.steps)
+        if self.base_lr is not None:
+            arguments.positive_float("base_lr", self.base_lr)
+        arguments.positive_int("image_size", self.image_size)
+        if self.teacher_size is not None:
+            arguments.positive_int("teacher_size", self.teacher_size)
+        object.__setattr__(self, "crop_area", arguments.crop_area(self.crop_area))
+        arguments.flag("flip", self.flip)
 
 
 def resolve(recipe_class, recipe=None, run=None, settings=None, **run_defaults):

@@ -137,19 +137,35 @@ def digits():
     The 1,797 8x8 digits of scikit-learn, scaled to [0, 255], split 80/20 with a
     fixed seed; the downstream labels 5-9 become 0-4.
     """
+    upstream, _ = digit_sources(UPSTREAM_DIGITS)
+    return (upstream, *digit_sources(DOWNSTREAM_DIGITS))
+
+
+def digit_sources(kept=tuple(range(10))):
+    """(train, test) `Source`s of the digits `kept` (consecutive), relabelled from 0; the fixed 80/20 split."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     images = np.round(bunch.images * (255.0 / 16.0)).astype("uint8")
     labels = bunch.target
     order = np.random.default_rng(0).permutation(len(images))
-    train, test = order[: len(order) * 4 // 5], order[len(order) * 4 // 5 :]
 
-    def subset(indices, digits_kept):
-        indices = indices[np.isin(labels[indices], digits_kept)]
-        return data.from_arrays(images[indices], labels[indices] - digits_kept[0], num_classes=len(digits_kept))
+    def subset(indices):
+        indices = indices[np.isin(labels[indices], kept)]
+        return data.from_arrays(images[indices], labels[indices] - kept[0], num_classes=len(kept))
 
-    return subset(train, UPSTREAM_DIGITS), subset(train, DOWNSTREAM_DIGITS), subset(test, DOWNSTREAM_DIGITS)
+    return subset(order[: len(order) * 4 // 5]), subset(order[len(order) * 4 // 5 :])
+
+
+def prepare_out(out):
+    """Makes `out` a writable folder before minutes of training, or exits naming the problem."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise SystemExit(f"error: --out {out} is a file; give a folder (it is created if missing).")
+    try:
+        os.makedirs(out, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as error:
+        raise SystemExit(f"error: --out {out} cannot be written ({error.strerror or error}); choose a writable folder.") from None
 
 
 def pretrain(source, recipe, out, force=False):
@@ -402,6 +418,10 @@ def add_arguments(parser):
     parser.add_argument("--shots", type=parse_shots, default=defaults.shots, help="examples per class to try, e.g. 1,2,5,10,full")
     parser.add_argument("--upstream_steps", type=int, default=defaults.upstream_steps, help="pre-training steps")
     parser.add_argument(
+        "--distill", action="store_true", help="the distillation demo instead: a wide teacher, a narrow student (see --seeds)"
+    )
+    parser.add_argument("--distill_steps", type=int, help="with --distill: updates of each student (300 by default)")
+    parser.add_argument(
         "--finetune_steps",
         type=int,
         help=f"a fixed number of steps for every fine-tuning run (quick runs); by default {defaults.finetune_epochs} epochs of "
@@ -416,23 +436,20 @@ def main(argv=None, prog=None):
     return run(parser.parse_args(argv))
 
 
-def run(args):
-    """Runs the demo from parsed `add_arguments` flags; returns the exit status."""
+def check_flags(args):
+    """Exits naming the flag when a count is not a positive integer."""
     _startup.quiet_absl()
-    for flag in ("seeds", "upstream_steps", "finetune_steps"):
+    for flag in ("seeds", "upstream_steps", "finetune_steps", "distill_steps"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise SystemExit(f"error: --{flag} must be a positive integer, got {getattr(args, flag)}.")
+
+
+def run(args):
+    """Runs the demo from parsed `add_arguments` flags; returns the exit status."""
+    check_flags(args)
     start = time.time()
     recipe = Recipe(seeds=args.seeds, shots=args.shots, upstream_steps=args.upstream_steps, finetune_steps=args.finetune_steps)
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise SystemExit(f"error: --out {args.out} is a file; give a folder (it is created if missing).")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-        tempfile.TemporaryFile(dir=args.out).close()  # writable, before minutes of training
-    except OSError as error:
-        raise SystemExit(
-            f"error: --out {args.out} cannot be written ({error.strerror or error}); choose a writable folder."
-        ) from None
+    prepare_out(args.out)
     upstream, train, test = digits()
     print(
         f"[data] scikit-learn digits: {upstream.num_examples} upstream images (0-4); "

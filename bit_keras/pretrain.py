@@ -84,8 +84,7 @@ def upstream_schedule(
     boundaries = tuple(round(steps * epoch / EPOCHS) for epoch in DECAY_EPOCHS)
     warmup = min(WARMUP_STEPS, round(steps * WARMUP_STEPS / ILSVRC_STEPS))
     peak_lr = BASE_LR * batch_size / 256 if base_lr is None else arguments.positive_float("base_lr", base_lr)
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
+    weight_decay = arguments.non_negative_float("weight_decay", weight_decay)
     return UpstreamSchedule(
         dataset_size, batch_size, steps, warmup, boundaries, peak_lr, float(weight_decay), base_lr is not None
     )

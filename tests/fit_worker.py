@@ -4,7 +4,8 @@
         [--checkpoint_dir DIR] [--kill_at_batch K [--kill_only_worker I]] [--kill_in_backup_at STEP]
 
 Fine-tunes a tiny BiT with `BiTFineTuner.fit` on a fixed colour task with
-mixup on (or pre-trains it with `BiTPretrainer.fit`), then writes the final weights to OUT.npz (each worker of a
+mixup on (or pre-trains it with `BiTPretrainer.fit`, or distils a wider one
+into it with `BiTDistiller.fit`), then writes the final weights to OUT.npz (each worker of a
 multi-worker run to OUT with its index). `--kill_at_batch` makes the process
 SIGKILL itself after that many micro-batches; `--kill_in_backup_at` halfway
 through writing the weights of that update's backup.
@@ -19,7 +20,7 @@ import sys
 parser = argparse.ArgumentParser()
 parser.add_argument("out")
 parser.add_argument("--strategy", default="default")
-parser.add_argument("--trainer", default="finetune", choices=("finetune", "pretrain"))
+parser.add_argument("--trainer", default="finetune", choices=("finetune", "pretrain", "distill"))
 parser.add_argument("--batch_split", type=int, default=1)
 parser.add_argument("--cpus", type=int, default=1)
 parser.add_argument("--checkpoint_dir")
@@ -88,7 +89,13 @@ options = dict(
     checkpoint_dir=args.checkpoint_dir,
     backup_every=2,
 )
-if args.trainer == "pretrain":
+if args.trainer == "distill":
+    teacher = bit_keras.BiT(bit_keras.Variant((1, 1, 1, 1), width=2), num_classes=2)
+    head = teacher.get_layer("head")
+    head.kernel.assign(np.random.default_rng(5).normal(size=head.kernel.shape).astype("float32"))
+    tuner = bit_keras.BiTDistiller(teacher, bit_keras.Variant((1, 1, 1, 1)), student_weights=None, image_size=32, **options)
+    assert tuner.mixup_alpha > 0
+elif args.trainer == "pretrain":
     tuner = bit_keras.BiTPretrainer(bit_keras.Variant((1, 1, 1, 1)), num_classes=2, image_size=32, base_lr=0.015625, **options)
 else:
     tuner = bit_keras.BiTFineTuner(

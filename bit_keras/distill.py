@@ -1,0 +1,358 @@
+"""`BiTDistiller`: a big BiT teacher distilled into a small BiT student, on the training engine.
+
+The recipe of "Knowledge distillation: A good teacher is patient and
+consistent" (Beyer et al. 2022), which made the released distilled
+BiT-R50x1 models from a BiT-M-R152x2 teacher:
+
+- function matching: the student learns the teacher's whole output
+  distribution (KL divergence at temperature T, labels unused), or, with
+  `loss="hinton"`, `(1 - alpha) CE(y, q) + alpha T^2 CE(p_T, q_T)`;
+- consistent: teacher and student see the very same augmented image (the
+  same Inception crop and flip, and the same mixed image), each resized to
+  its own resolution; `consistent=False` is the paper's "fixed teacher"
+  baseline, where the teacher sees the un-augmented image;
+- aggressive mixup (lambda ~ Beta(1, 1)) and patience: long schedules.
+
+The teacher is frozen and called in inference mode inside one Keras model
+with the student, whose output is the student's and the teacher's logits side
+by side; `DistillationLoss` splits them. So the engine runs it as any other
+model: strategies, the global batch and `batch_split`, mixed precision,
+backups with exact resume, the NaN stop. `best.keras` holds the student.
+
+The paper trains with Adam and gradient clipping; here the engine's SGD with
+momentum 0.9 runs it, with a linear warm-up and a cosine decay as the paper's.
+"""
+
+import dataclasses
+
+import keras
+from keras import ops
+
+from bit_keras import arguments, config, data, training
+from bit_keras.finetune import release_name
+from bit_keras.models import BiT
+
+DISTILL_BATCH_SIZE = 512  # the paper's and big_vision's
+BASE_LR = 0.003  # at batch 512, scaled linearly with the batch when no base_lr is given
+WARMUP_STEPS = 1500  # big_vision's distillation configs; at most a fifth of a shorter run
+
+
+@keras.saving.register_keras_serializable(package="bit_keras")
+class DistillationLoss(keras.losses.Loss):
+    """The distillation loss of a student/teacher logit pair laid side by side: `y_pred = [student | teacher]`.
+
+    Args:
+        num_classes: classes of each half.
+        kind: "function_matching", KL(p_T || q_T) with p the teacher's and q
+            the student's softmax at temperature T (labels unused); or
+            "hinton", (1 - alpha) CE(y, q) + alpha T^2 CE(p_T, q_T).
+        temperature: T.
+        alpha: hinton only: the weight of the distillation term.
+
+    No gradient reaches the teacher's half.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = DistillationLoss(2)
+    >>> float(loss(np.eye(2, dtype="float32"), np.array([[1.0, 0.0, 1.0, 0.0]] * 2, "float32")))  # equal halves
+    0.0
+    """
+
+    def __init__(self, num_classes, kind="function_matching", temperature=1.0, alpha=0.5, name="distillation", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = arguments.positive_int("num_classes", num_classes)
+        if kind not in config.DISTILL_LOSSES:
+            raise ValueError(f"kind must be one of {config.DISTILL_LOSSES}, got {kind!r}.")
+        self.kind = kind
+        self.temperature = arguments.positive_float("temperature", temperature)
+        self.alpha = arguments.non_negative_float("alpha", alpha)
+
+    def call(self, y_true, y_pred):
+        student, teacher = split_logits(y_pred, self.num_classes)
+        teacher = ops.stop_gradient(teacher)
+        t = self.temperature
+        log_q = ops.log_softmax(student / t, axis=-1)
+        log_p = ops.log_softmax(teacher / t, axis=-1)
+        p = ops.exp(log_p)
+        if self.kind == "function_matching":
+            return ops.sum(p * (log_p - log_q), axis=-1)
+        soft = -ops.sum(p * log_q, axis=-1) * t * t
+        hard = -ops.sum(ops.cast(y_true, student.dtype) * ops.log_softmax(student, axis=-1), axis=-1)
+        return (1 - self.alpha) * hard + self.alpha * soft
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "kind": self.kind,
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+        }
+
+
+def split_logits(pair_logits, num_classes):
+    """(student logits, teacher logits) of the pair model's output."""
+    return pair_logits[:, :num_classes], pair_logits[:, num_classes:]
+
+
+def pair_metrics(num_classes):
+    """The student's top-1 ("accuracy"), the teacher's ("teacher_accuracy") and their top-1 agreement ("agreement")."""
+
+    def accuracy(y_true, y_pred):
+        return ops.cast(ops.argmax(y_true, -1) == ops.argmax(split_logits(y_pred, num_classes)[0], -1), "float32")
+
+    def teacher_accuracy(y_true, y_pred):
+        return ops.cast(ops.argmax(y_true, -1) == ops.argmax(split_logits(y_pred, num_classes)[1], -1), "float32")
+
+    def agreement(y_true, y_pred):
+        student, teacher = split_logits(y_pred, num_classes)
+        return ops.cast(ops.argmax(student, -1) == ops.argmax(teacher, -1), "float32")
+
+    return [keras.metrics.MeanMetricWrapper(function, name=function.__name__) for function in (accuracy, teacher_accuracy, agreement)]
+
+
+def pair_model(student, teacher, view_size, image_size, teacher_size, consistent=True):
+    """One model of the student and the frozen teacher, outputting their logits side by side.
+
+    With `consistent`, both read the one input (the augmented view, of
+    `view_size`), each resized to its own resolution. Otherwise the inputs are
+    (student's view, teacher's view): the teacher's is the un-augmented image.
+    """
+    teacher.trainable = False
+    images = keras.Input((view_size, view_size, 3), name="images")
+    teacher_images = images if consistent else keras.Input((teacher_size, teacher_size, 3), name="teacher_images")
+    student_logits = student(_resized(images, image_size, "student_resize"))
+    teacher_logits = teacher(_resized(teacher_images, teacher_size, "teacher_resize"), training=False)
+    both = keras.layers.Concatenate(name="student_teacher", dtype="float32")([student_logits, teacher_logits])
+    inputs = images if consistent else [images, teacher_images]
+    return keras.Model(inputs, both, name=f"distill_{student.name}")
+
+
+def _resized(images, size, name):
+    if images.shape[1] == size:
+        return images
+    return keras.layers.Resizing(size, size, interpolation="bilinear", name=name)(images)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillSchedule:
+    """Steps and learning rate of one distillation run: linear warm-up, then cosine decay to 0.
+
+    >>> schedule = distill_schedule(3680, batch_size=512, epochs=1000)
+    >>> schedule.total_steps, schedule.warmup_steps, schedule.peak_lr
+    (7188, 1437, 0.003)
+    """
+
+    dataset_size: int
+    batch_size: int
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+    lr_given: bool = False
+
+    def learning_rate(self):
+        return keras.optimizers.schedules.CosineDecay(
+            0.0,
+            max(1, self.total_steps - self.warmup_steps),
+            warmup_target=self.peak_lr,
+            warmup_steps=self.warmup_steps,
+        )
+
+    def __str__(self):
+        epochs = self.total_steps * self.batch_size / self.dataset_size
+        lr = "(base_lr, as given)" if self.lr_given else f"(0.003 x {self.batch_size}/512)"
+        rows = [
+            ("dataset", f"{self.dataset_size:,} examples"),
+            ("steps", f"{self.total_steps:,} at batch {self.batch_size} ({epochs:.1f} epochs)"),
+            ("warm-up", f"{self.warmup_steps:,} steps, linear from 0"),
+            ("learning rate", f"{self.peak_lr:g} {lr}, cosine decay to 0"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        return "Distillation schedule\n" + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
+def distill_schedule(dataset_size, batch_size=DISTILL_BATCH_SIZE, base_lr=None, epochs=1000, steps=None):
+    """The schedule of `epochs` (or exactly `steps`) over `dataset_size` examples."""
+    batch_size = arguments.positive_int("batch_size", batch_size)
+    dataset_size = arguments.positive_int("dataset_size", dataset_size)
+    if steps is None:
+        steps = max(1, round(arguments.positive_float("epochs", epochs) * dataset_size / batch_size))
+    steps = arguments.positive_int("steps", steps)
+    peak_lr = BASE_LR * batch_size / 512 if base_lr is None else arguments.positive_float("base_lr", base_lr)
+    return DistillSchedule(dataset_size, batch_size, steps, min(WARMUP_STEPS, steps // 5), peak_lr, base_lr is not None)
+
+
+class BiTDistiller:
+    """Distils a BiT teacher into a BiT student with the patient-and-consistent recipe.
+
+    Args:
+        teacher: the teacher: a `bit_keras.BiT` classifier, or anything
+            `bit_keras.BiT(weights=...)` reads (a release or weights name, a
+            checkpoint file, a `.keras` file, an exported TF-Hub module). It
+            is frozen and runs in inference mode; its weights never change.
+        student: a `bit_keras.BiT` classifier with the teacher's classes, or a
+            variant name / `bit_keras.Variant`, built with `student_weights`
+            and a new head of the teacher's classes.
+        student_weights: for a student variant: "release" (default, the
+            variant's released checkpoint), None (random weights) or any
+            `BiT` weights.
+        recipe: a `config.DistillRecipe` (`loss`, `temperature`, `alpha`,
+            `consistent`, `mixup_alpha`, `epochs` / `steps`, `base_lr`,
+            `image_size`, `teacher_size`, `crop_area`, `flip`); its fields also
+            as keyword arguments and attributes.
+        run: a `config.RunConfig` (`batch_size`, the recipe's 512, and the
+            rest as for `BiTFineTuner`); its fields also as keyword arguments.
+
+    Example:
+
+    >>> import numpy as np, bit_keras
+    >>> teacher = bit_keras.BiT("R1-1-1-1x2", num_classes=3)
+    >>> distiller = bit_keras.BiTDistiller(teacher, "R1-1-1-1x1", student_weights=None, batch_size=4, steps=2, image_size=32)
+    >>> history = distiller.fit((np.zeros((8, 40, 40, 3), "uint8"), np.arange(8) % 3), verbose=0)  # doctest: +ELLIPSIS
+    Distillation schedule
+    ...
+    >>> distiller.student.output.shape
+    (None, 3)
+    """
+
+    def __init__(self, teacher, student, recipe=None, run=None, *, student_weights="release", **settings):
+        self.recipe, run = config.resolve(config.DistillRecipe, recipe, run, settings, batch_size=DISTILL_BATCH_SIZE)
+        self.engine = training.Engine(run)
+        self.teacher = self._teacher(teacher)
+        self.num_classes = int(self.teacher.output.shape[-1])
+        self.student = self._student(student, student_weights)
+        self.model = self._pair()
+
+    @property
+    def view_size(self):
+        """The side of the augmented view: the larger of the two resolutions, each model resizing it to its own."""
+        return max(self.image_size, self.teacher_resolution)
+
+    @property
+    def teacher_resolution(self):
+        return self.teacher_size or self.image_size
+
+    def schedule(self, dataset_size):
+        """The `DistillSchedule` this distiller runs over `dataset_size` examples."""
+        return distill_schedule(dataset_size, self.engine.batch_size, self.base_lr, self.epochs, self.steps)
+
+    def fit(self, train, validation_data=None, callbacks=None, verbose="auto"):
+        """Distils on `train` (a `data.Source`, or (images, labels) arrays in [0, 255]); returns the `History`.
+
+        Validation reports the student's top-1 (`val_accuracy`, which picks
+        `best.keras`), the teacher's (`val_teacher_accuracy`) and their top-1
+        agreement (`val_agreement`).
+        """
+        source = data.as_source(train, self.num_classes)
+        data.first_example(source)
+        schedule = self.schedule(source.num_examples)
+        print(schedule)
+        print(
+            f"  {'loss':<13}  {self.loss}"
+            + (f", T={self.temperature:g}, alpha={self.alpha:g}" if self.loss == "hinton" else f", T={self.temperature:g}")
+        )
+        print(f"  {'views':<13}  {'consistent' if self.consistent else 'fixed teacher'}, mixup alpha {self.mixup_alpha:g}")
+        self._compile(schedule)
+        validation = None
+        if validation_data is not None:
+            validation = self._eval_pipeline(validation_data)
+        fingerprint = {
+            "dataset_size": source.num_examples,
+            "data": data.digest(source),
+            "teacher": self.teacher.name,
+            **config.fingerprint(self.recipe),
+        }
+        return self.engine.fit(
+            self.model,
+            lambda start_batch: self.train_pipeline(source, start_batch),
+            schedule.total_steps,
+            validation=validation,
+            fingerprint=fingerprint,
+            callbacks=callbacks or (),
+            verbose=verbose,
+            best_model=self.student,
+        )
+
+    def train_pipeline(self, source, start_batch=0):
+        """The training stream of `fit`: (views, mixed one-hot labels) micro-batches from global batch `start_batch` on.
+
+        The views are one image batch when `consistent` (teacher and student
+        read the same pixels), else (student's augmented view, teacher's
+        un-augmented view).
+        """
+        return data.upstream_pipeline(
+            source,
+            image_size=self.view_size,
+            batch_size=self.engine.batch_size,
+            seed=self.engine.seed,
+            batch_split=self.engine.batch_split,
+            start_batch=start_batch,
+            crop_area=self.crop_area,
+            flip=self.flip,
+            mixup_alpha=self.mixup_alpha,
+            teacher_view=None if self.consistent else self.teacher_resolution,
+        )
+
+    def evaluate(self, data_source, verbose="auto"):
+        """The student's top-1 (`accuracy`), the teacher's (`teacher_accuracy`) and their `agreement` on `data_source`."""
+        if getattr(self.model, "optimizer", None) is None:
+            self._compile(self.schedule(1))
+        with self.engine.scope():
+            results = self.model.evaluate(self._eval_pipeline(data_source), return_dict=True, verbose=verbose)
+        return {name: results[name] for name in ("loss", "accuracy", "teacher_accuracy", "agreement")}
+
+    # ------------------------------------------------------------------ internals
+
+    def _eval_pipeline(self, data_source):
+        return data.eval_pipeline(
+            data.as_source(data_source, self.num_classes),
+            crop=self.view_size,
+            batch_size=self.engine.micro_batch,
+            teacher_view=None if self.consistent else self.teacher_resolution,
+        )
+
+    def _pair(self):
+        with self.engine.scope():
+            return pair_model(self.student, self.teacher, self.view_size, self.image_size, self.teacher_resolution, self.consistent)
+
+    def _compile(self, schedule):
+        self.model = self._pair()  # the recipe's sizes and views may have changed since the last run
+        loss = DistillationLoss(self.num_classes, self.loss, self.temperature, self.alpha)
+        self.engine.compile(
+            self.model,
+            self.engine.optimizer(schedule.learning_rate()),
+            schedule.total_steps,
+            loss=loss,
+            metrics=pair_metrics(self.num_classes),
+        )
+
+    def _teacher(self, teacher):
+        if isinstance(teacher, keras.Model):
+            model = self.engine.adopt(teacher)
+        else:
+            with self.engine.scope():
+                model = BiT(None, weights=teacher, mixed_precision=self.engine.run.mixed_precision)
+        if "head" not in {layer.name for layer in model.layers}:
+            raise ValueError(
+                "The teacher must be a classifier (its logits are the targets): build it with include_top=True, "
+                "e.g. bit_keras.BiT(..., num_classes=...) fine-tuned on the task."
+            )
+        return model
+
+    def _student(self, student, weights):
+        if isinstance(student, keras.Model):
+            classes = int(student.output.shape[-1])
+            if classes != self.num_classes:
+                raise ValueError(
+                    f"The student has {classes} outputs but the teacher {self.num_classes}. Build it with "
+                    f"bit_keras.BiT(..., num_classes={self.num_classes})."
+                )
+            return self.engine.adopt(student)
+        if weights == "release":
+            weights = release_name(student)
+        with self.engine.scope():
+            return BiT(student, weights=weights, num_classes=self.num_classes, mixed_precision=self.engine.run.mixed_precision)
+
+
+config.recipe_properties(BiTDistiller, config.DistillRecipe)
