@@ -402,10 +402,10 @@ def test_from_folder_reads_a_large_folder_by_headers(tmp_path, monkeypatch):
             decoded.append(path)
         return tf.zeros((1, 1, 3), tf.uint8)
 
-    monkeypatch.setattr(data, "_decode_image", decode)
+    monkeypatch.setattr(data.sources, "_decode_image", decode)
     source = data.from_folder(tmp_path, verify=False)
     assert source.num_examples == 100 and decoded == []
-    monkeypatch.setattr(data, "VERIFY_UP_TO", 99)  # "auto" verifies only folders up to this size
+    monkeypatch.setattr(data.sources, "VERIFY_UP_TO", 99)  # "auto" verifies only folders up to this size
     assert data.from_folder(tmp_path).num_examples == 100 and decoded == []
     assert len(list(source.dataset)) == 100
 
@@ -508,7 +508,7 @@ def test_inception_box_is_drawn_in_pixels(shape):
     image = tf.zeros(shape, tf.uint8)
     height, width = shape[:2]
     for index in range(200):
-        ((y1, x1, y2, x2),) = np.asarray(data._inception_box(image, tf.constant([7, index], tf.int64)))
+        ((y1, x1, y2, x2),) = np.asarray(data.augment.inception_box(image, tf.constant([7, index], tf.int64)))
         box_height, box_width = (y2 - y1) * height, (x2 - x1) * width
         whole = (y1, x1, y2, x2) == (0, 0, 1, 1)
         assert whole or 3 / 4 - 0.05 <= box_width / box_height <= 4 / 3 + 0.05, (box_height, box_width)

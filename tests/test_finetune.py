@@ -522,7 +522,7 @@ def test_best_keras_holds_the_best_epoch_not_the_last(tmp_path):
     from bit_keras import training
 
     model = bit_keras.BiT(TINY, num_classes=2)
-    keep = training._KeepBest(str(tmp_path / "best.keras"), "val_accuracy")
+    keep = training.backups.KeepBest(str(tmp_path / "best.keras"), "val_accuracy")
     fake = _EpochWeights([0.5, 0.9, 0.7])
     for callback in (fake, keep):
         callback.set_model(model)
@@ -538,7 +538,7 @@ def test_best_keras_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     from bit_keras import training
 
     model = bit_keras.BiT(TINY, num_classes=2)
-    keep = training._KeepBest(str(tmp_path / "best.keras"), "val_accuracy")
+    keep = training.backups.KeepBest(str(tmp_path / "best.keras"), "val_accuracy")
     keep.set_model(model)
     keep.on_epoch_end(0, {"val_accuracy": 0.5})
     previous = (tmp_path / "best.keras").read_bytes()
