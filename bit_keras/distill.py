@@ -31,6 +31,7 @@ from keras import ops
 from bit_keras import arguments, config, data, training
 from bit_keras.finetune import release_name
 from bit_keras.models import BiT
+from bit_keras.resnet import HEAD_LAYER
 
 DISTILL_BATCH_SIZE = 512  # the paper's and big_vision's
 BASE_LR = 0.003  # at batch 512, scaled linearly with the batch when no base_lr is given
@@ -333,7 +334,7 @@ class BiTDistiller:
         else:
             with self.engine.scope():
                 model = BiT(None, weights=teacher, mixed_precision=self.engine.run.mixed_precision)
-        if "head" not in {layer.name for layer in model.layers}:
+        if HEAD_LAYER not in {layer.name for layer in model.layers}:
             raise ValueError(
                 "The teacher must be a classifier (its logits are the targets): build it with include_top=True, "
                 "e.g. bit_keras.BiT(..., num_classes=...) fine-tuned on the task."

@@ -98,10 +98,12 @@ def train_pipeline(
     return _batches(dataset, source.num_classes, batch_size, mixup_alpha, batch_split)
 
 
-def eval_pipeline(source, *, crop, batch_size):
+def eval_pipeline(source, *, crop, batch_size, teacher_view=None):
     """The BiT evaluation pipeline: resize straight to `(crop, crop)`, scale to [-1, 1].
 
     Deterministic; the last batch keeps the remainder so every example counts.
+    `teacher_view=size` makes the images a pair, the second resized to
+    `(size, size)`, as `upstream_pipeline` gives them.
 
     Example:
 
@@ -112,11 +114,20 @@ def eval_pipeline(source, *, crop, batch_size):
     [(4, 12, 12, 3), (1, 12, 12, 3)]
     """
     _check_positive(crop=crop, batch_size=batch_size)
-    dataset = source.dataset.map(
-        lambda image, label: (scale(tf.image.resize(image, (crop, crop))), label),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    if teacher_view is not None:
+        _check_positive(teacher_view=teacher_view)
+
+    def prepare(image, label):
+        if teacher_view:
+            return (_resized(image, crop), _resized(image, teacher_view)), label
+        return _resized(image, crop), label
+
+    dataset = source.dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size).map(_one_hot(source.num_classes)).prefetch(tf.data.AUTOTUNE)
+
+
+def _resized(image, size):
+    return scale(tf.image.resize(image, (size, size)))
 
 
 def upstream_pipeline(
@@ -131,8 +142,10 @@ def upstream_pipeline(
     start_batch=0,
     crop_area=(0.08, 1.0),
     flip=True,
+    mixup_alpha=0.0,
+    teacher_view=None,
 ):
-    """The BiT-S/M pre-training pipeline: Inception-style crop, flip, [-1, 1].
+    """The BiT-S/M pre-training pipeline: Inception-style crop, flip, [-1, 1]; also distillation's.
 
     A random crop of 8%-100% of the image area (`crop_area`) with an aspect
     ratio in [3/4, 4/3] in pixels (the standard Inception crop, drawn by
@@ -142,7 +155,12 @@ def upstream_pipeline(
     probability 1/2 (unless `flip=False`, for data whose mirror image
     changes the label), and scaled to [-1, 1]. Batches have exactly `batch_size`
     examples and one-hot labels. The stream depends on `seed` and the position
-    only, as in `train_pipeline`, whose `batch_split` and `start_batch` it shares.
+    only, as in `train_pipeline`, whose `batch_split`, `start_batch` and
+    `mixup_alpha` it shares (the upstream recipe has no mixup).
+
+    `teacher_view=size` (distillation's fixed-teacher baseline) makes the
+    images a pair: (the augmented and mixed images, the same examples resized
+    straight to `(size, size)`, neither cropped, flipped nor mixed).
 
     Example:
 
@@ -170,11 +188,15 @@ def upstream_pipeline(
         image = crop_and_resize.augment_image(tf.cast(image, tf.float32), inception_box(image, box_seed, low, high))
         if flip:
             image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+        if teacher_view:
+            return (scale(image), _resized(example[0], teacher_view)), label, example_seed
         return scale(image), label, example_seed
 
+    if teacher_view is not None:
+        _check_positive(teacher_view=teacher_view)
     dataset = _example_stream(source, seed, shuffle_buffer, repeat, start_batch * batch_size)
     dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return _batches(dataset, source.num_classes, batch_size, 0.0, batch_split)
+    return _batches(dataset, source.num_classes, batch_size, mixup_alpha, batch_split)
 
 
 def _check_positive(**sizes):
@@ -242,7 +264,11 @@ def _batches(dataset, num_classes, batch_size, mixup_alpha, batch_split):
     def finish(images, labels, seeds):
         labels = tf.one_hot(_checked_labels(labels, num_classes), num_classes, dtype=tf.float32)
         if mixup_alpha > 0:  # one lambda per batch, drawn from the seed of its first example
-            images, labels = mixup(images, labels, mixup_alpha, seed=tf.random.experimental.stateless_fold_in(seeds[0], 1))
+            seed = tf.random.experimental.stateless_fold_in(seeds[0], 1)
+            if isinstance(images, tuple):  # (augmented, un-augmented view): only the augmented one is mixed
+                mixed, labels = mixup(images[0], labels, mixup_alpha, seed=seed)
+                return (mixed, images[1]), labels
+            images, labels = mixup(images, labels, mixup_alpha, seed=seed)
         return images, labels
 
     dataset = dataset.batch(batch_size, drop_remainder=True).map(finish)

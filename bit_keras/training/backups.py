@@ -219,9 +219,10 @@ class KeepBest(keras.callbacks.Callback):
     through a temporary file, and its best value travels with the backups.
     """
 
-    def __init__(self, path, monitor, best=None):
+    def __init__(self, path, monitor, best=None, saved=None):
         super().__init__()
         self.path, self.monitor, self.best = path, monitor, best
+        self.saved = saved  # the model to save, when not the one trained (a distiller's student)
         self.writer = distribute.is_chief()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -232,12 +233,13 @@ class KeepBest(keras.callbacks.Callback):
         if self.best is not None and not (value > self.best if "acc" in self.monitor else value < self.best):
             return
         self.best = value
+        model = self.saved if self.saved is not None else self.model
         # Every worker saves (see `Backups.save`); only the chief's file is kept.
         if self.writer:
-            checkpoints.save_keras(self.model, self.path, overwrite=True)
+            checkpoints.save_keras(model, self.path, overwrite=True)
             return
         folder = tempfile.mkdtemp(prefix="bit-keras-worker-best-")
         try:
-            self.model.save(os.path.join(folder, BEST_MODEL))
+            model.save(os.path.join(folder, BEST_MODEL))
         finally:
             shutil.rmtree(folder, ignore_errors=True)

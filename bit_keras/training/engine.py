@@ -127,11 +127,12 @@ class Engine:
             return True
         return "auto"
 
-    def compile(self, model, optimizer, total_steps, loss="softmax"):
+    def compile(self, model, optimizer, total_steps, loss="softmax", metrics=None):
         """Compiles `model` for soft-label (mixup) classification from logits, with every object made under the strategy.
 
-        `loss` is "softmax" (categorical cross-entropy) or "sigmoid" (see
-        `SigmoidCrossEntropy`).
+        `loss` is "softmax" (categorical cross-entropy), "sigmoid" (see
+        `SigmoidCrossEntropy`) or a `keras.losses.Loss` of a recipe's own;
+        `metrics` are the top-1 `accuracy` by default.
 
         Runs shorter than `XLA_MIN_UPDATES`, and runs with `jit_compile=False`,
         then trace their steps (training, `evaluate`, `predict`) under
@@ -141,8 +142,8 @@ class Engine:
         with self.scope():
             model.compile(
                 optimizer=optimizer,
-                loss=loss_function(loss),
-                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                loss=loss_function(loss) if isinstance(loss, str) else loss,
+                metrics=metrics or [keras.metrics.CategoricalAccuracy(name="accuracy")],
                 jit_compile=self.xla(total_steps),
             )
 
@@ -163,13 +164,25 @@ class Engine:
                 model.optimizer.reset()
         self._set_seed(seed)
 
-    def fit(self, model, make_train, total_steps, *, validation=None, fingerprint=None, callbacks=(), verbose="auto"):
+    def fit(
+        self,
+        model,
+        make_train,
+        total_steps,
+        *,
+        validation=None,
+        fingerprint=None,
+        callbacks=(),
+        verbose="auto",
+        best_model=None,
+    ):
         """Runs `total_steps` optimizer updates of a compiled `model`; returns the `History`.
 
         `make_train(start_batch)` gives the input stream of micro-batches from
         global batch `start_batch` on. With `checkpoint_dir`, the run resumes
         from the newest backup whose `fingerprint` (the recipe's arguments)
-        matches, and refuses one that does not.
+        matches, and refuses one that does not; `best.keras` holds `model`, or
+        `best_model` (a part of it) when given.
         """
         total_steps = arguments.positive_int("total_steps", total_steps)
         epoch_steps = self._epoch_steps(total_steps)
@@ -182,9 +195,9 @@ class Engine:
         }
         lock = run_lock(self.checkpoint_dir) if self.checkpoint_dir and distribute.is_chief() else contextlib.nullcontext()
         with lock:
-            return self._fit(model, make_train, total_steps, epoch_steps, validation, fingerprint, callbacks, verbose)
+            return self._fit(model, make_train, total_steps, epoch_steps, validation, fingerprint, callbacks, verbose, best_model)
 
-    def _fit(self, model, make_train, total_steps, epoch_steps, validation, fingerprint, callbacks, verbose):
+    def _fit(self, model, make_train, total_steps, epoch_steps, validation, fingerprint, callbacks, verbose, best_model):
         epochs = total_steps // epoch_steps
         monitor = "val_accuracy" if validation is not None else "loss"
         backups = Backups(os.path.join(self.checkpoint_dir, BACKUP_FOLDER)) if self.checkpoint_dir else None
@@ -204,7 +217,7 @@ class Engine:
         engine_callbacks = [_StopOnNaN(self.checkpoint_dir)]
         if self.checkpoint_dir:
             os.makedirs(self.checkpoint_dir, exist_ok=True)
-            keep_best = KeepBest(os.path.join(self.checkpoint_dir, BEST_MODEL), monitor, best)
+            keep_best = KeepBest(os.path.join(self.checkpoint_dir, BEST_MODEL), monitor, best, best_model)
             engine_callbacks += [keep_best, BackupEachEpoch(backups, self, epoch_steps, fingerprint, keep_best)]
         with self.scope():
             return model.fit(
