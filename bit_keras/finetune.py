@@ -7,7 +7,7 @@ import numpy as np
 
 from bit_keras import arguments, checkpoints, config, data, hyperrule, preprocess, training
 from bit_keras.models import BiT
-from bit_keras.resnet import get_variant, variants
+from bit_keras.resnet import HEAD_LAYER, get_variant, stage_of, variants
 
 
 def release_name(variant):
@@ -296,9 +296,9 @@ class BiTFineTuner:
         return model
 
     def _check_head(self, model):
-        if "head" not in {layer.name for layer in model.layers}:
+        if HEAD_LAYER not in {layer.name for layer in model.layers}:
             raise ValueError("BiTFineTuner needs a classifier: build the model with include_top=True and num_classes=.")
-        classes = model.get_layer("head").units
+        classes = model.get_layer(HEAD_LAYER).units
         if self.num_classes is None:
             self.num_classes = classes
         elif classes != self.num_classes:
@@ -309,7 +309,7 @@ class BiTFineTuner:
 
     @staticmethod
     def _zero_head(model):
-        for variable in model.get_layer("head").weights:
+        for variable in model.get_layer(HEAD_LAYER).weights:
             variable.assign(keras.ops.zeros(variable.shape, variable.dtype))
 
     def _apply_freeze(self, model):
@@ -317,9 +317,9 @@ class BiTFineTuner:
         points = config.FREEZE_POINTS
         frozen_stages = () if self.freeze is None else points[: points.index(self.freeze) + 1]
         for layer in model.layers:
-            stage = "root" if layer.name.startswith("root") else layer.name.split("_")[0]
+            stage = stage_of(layer.name)
             if self.freeze == "head_only":
-                layer.trainable = layer.name == "head"
+                layer.trainable = layer.name == HEAD_LAYER
             else:
                 layer.trainable = stage not in frozen_stages
 

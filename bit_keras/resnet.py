@@ -123,6 +123,58 @@ def variants(released_only=True):
     return [f"{f}-{a}" for f in families for a in architectures]
 
 
+# ----------------------------------------------------------- the builder's layer names
+# The builder names every layer; these say what a name means (its stage, and the
+# official checkpoint scope of its weights), so that no other module parses names.
+STAGES = ("root", "block1", "block2", "block3", "block4", "pre_head", "head")
+ROOT_CONV = "root_conv"
+PRE_HEAD_NORM = "pre_head_gn"
+FEATURES_LAYER = "pre_head_relu"  # the final feature map, before pooling
+HEAD_LAYER = "head"
+_STAGE = re.compile(r"^(root|block\d+|pre_head)_|^(head)$|^(?:avg|max)_pool$")
+_WEIGHTED_UNIT_LAYER = re.compile(r"^block(\d+)_unit(\d+)_(?:([abc])_(gn|conv)|(proj))$")
+
+
+def unit_name(block, unit):
+    """The name prefix of unit `unit` (1-based) of block `block` (1-based): "block1_unit01"."""
+    return f"block{block}_unit{unit:02d}"
+
+
+def stage_of(layer_name):
+    """The stage a builder-named layer belongs to (one of `STAGES`), or None for a name the builder never gives.
+
+    >>> stage_of("block3_unit02_b_conv"), stage_of("root_pool"), stage_of("avg_pool"), stage_of("head")
+    ('block3', 'root', 'pre_head', 'head')
+    """
+    match = _STAGE.match(layer_name)
+    if not match:
+        return None
+    return match[1] or match[2] or "pre_head"
+
+
+def official_scope(layer_name):
+    """(official checkpoint scope, kind) of a builder-named layer with weights, or None.
+
+    `kind` is "conv" (a standardised kernel), "gn" (GroupNorm gamma, beta) or
+    "head" (kernel, bias); `checkpoints.mapping` turns the pair into keys.
+
+    >>> official_scope("block1_unit01_proj"), official_scope("pre_head_gn")
+    (('resnet/block1/unit01/a/proj', 'conv'), ('resnet', 'gn'))
+    """
+    if layer_name == ROOT_CONV:
+        return "resnet/root_block", "conv"
+    if layer_name == PRE_HEAD_NORM:
+        return "resnet", "gn"
+    if layer_name == HEAD_LAYER:
+        return "resnet/head", "head"
+    match = _WEIGHTED_UNIT_LAYER.match(layer_name)
+    if not match:
+        return None
+    block, unit, part, kind, projection = match.groups()
+    scope = f"resnet/block{int(block)}/unit{int(unit):02d}"
+    return (f"{scope}/a/proj", "conv") if projection else (f"{scope}/{part}", kind)
+
+
 def _conv(filters, kernel_size, name, strides=1, epsilon=WS_EPSILON):
     return StandardizedConv2D(filters, kernel_size, strides=strides, padding="valid", epsilon=epsilon, name=name)
 
@@ -162,7 +214,8 @@ def build_resnet(
     `ws_epsilon` is every convolution's weight-standardisation epsilon.
 
     Layer names are `root_conv`, `block{b}_unit{u:02d}_{a,b,c}_{gn,conv}`,
-    `block{b}_unit01_proj`, `pre_head_gn` and `head`;
+    `block{b}_unit01_proj`, `pre_head_gn` and `head`; `stage_of` and
+    `official_scope` say what each name means, and
     `bit_keras.checkpoints.official_weights` maps them to the official keys.
     """
     if pooling not in (None, "avg", "max"):
@@ -170,14 +223,14 @@ def build_resnet(
     width = variant.width
     inputs = keras.Input(shape=input_shape, name="images")
     x = layers.ZeroPadding2D(3, name="root_pad")(inputs)
-    x = _conv(64 * width, 7, "root_conv", strides=2, epsilon=ws_epsilon)(x)
+    x = _conv(64 * width, 7, ROOT_CONV, strides=2, epsilon=ws_epsilon)(x)
     x = layers.ZeroPadding2D(1, name="root_pool_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="valid", name="root_pool")(x)
     for block, units in enumerate(variant.units, start=1):
         mid_channels = 64 * width * 2 ** (block - 1)
         for unit in range(1, units + 1):
             strides = 2 if block > 1 and unit == 1 else 1
-            x = _unit(x, mid_channels, strides, f"block{block}_unit{unit:02d}", ws_epsilon)
+            x = _unit(x, mid_channels, strides, unit_name(block, unit), ws_epsilon)
     x = _gn_relu(x, "pre_head")
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
@@ -185,7 +238,7 @@ def build_resnet(
         x = layers.Dense(
             num_classes,
             kernel_initializer="zeros",
-            name="head",
+            name=HEAD_LAYER,
             dtype=keras.config.dtype_policy().variable_dtype,
         )(x)
     elif pooling == "avg":

@@ -17,17 +17,13 @@ import numpy as np
 import tensorflow as tf
 
 import bit_keras
-from bit_keras import checkpoints, preprocess
+from bit_keras import checkpoints, preprocess, resnet
 from hub_export._backend import require_tensorflow
 from hub_export.metadata import write_metadata
 
 FLAVORS = ("feature_vector", "classification")
 OUTPUT_NAMES = {"feature_vector": "feature_vector", "classification": "logits"}
 IMAGES = tf.TensorSpec((None, None, None, 3), tf.float32, name="images")
-
-# Layer names given by `bit_keras.resnet.build_resnet`.
-_FEATURES_LAYER = "pre_head_relu"
-_HEAD_LAYER = "head"
 
 
 def export(model, path, *, flavor="feature_vector", input_range=(0, 1), overwrite=False):
@@ -124,20 +120,20 @@ def _check_input_range(input_range):
 def _network(model, flavor):
     """The part of `model` the flavour needs: to the logits, or to the final feature map."""
     names = {layer.name for layer in model.layers}
-    if _FEATURES_LAYER not in names:
+    if resnet.FEATURES_LAYER not in names:
         raise ValueError(
-            f"Model {model.name!r} has no layer named {_FEATURES_LAYER!r}, so it is not a model built by "
+            f"Model {model.name!r} has no layer named {resnet.FEATURES_LAYER!r}, so it is not a model built by "
             f"bit_keras.BiT. Export the BiT model itself (not a model wrapping it), or rebuild it with bit_keras.BiT."
         )
     if flavor == "classification":
-        if _HEAD_LAYER not in names:
+        if resnet.HEAD_LAYER not in names:
             raise ValueError(
                 f"flavor='classification' needs the model's head, but model {model.name!r} has no layer "
-                f"{_HEAD_LAYER!r}. Build it with include_top=True, or export flavor='feature_vector'."
+                f"{resnet.HEAD_LAYER!r}. Build it with include_top=True, or export flavor='feature_vector'."
             )
-        output = model.get_layer(_HEAD_LAYER).output
+        output = model.get_layer(resnet.HEAD_LAYER).output
     else:
-        output = model.get_layer(_FEATURES_LAYER).output
+        output = model.get_layer(resnet.FEATURES_LAYER).output
     return keras.Model(model.input, output, name=f"{model.name}_{flavor}")
 
 

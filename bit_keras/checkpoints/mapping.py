@@ -17,7 +17,7 @@ import re
 import keras
 import numpy as np
 
-from bit_keras.resnet import UPSTREAM, Variant
+from bit_keras.resnet import UPSTREAM, Variant, official_scope
 
 HEAD_KERNEL = "resnet/head/conv2d/kernel"
 HEAD_BIAS = "resnet/head/conv2d/bias"
@@ -187,7 +187,6 @@ def transformers_keys(state):
 
 # ------------------------------------------------------ the model's own layers
 
-_UNIT_LAYER = re.compile(r"^block(\d+)_unit(\d+)_(?:([abc])_(gn|conv)|(proj))$")
 _CANONICAL = re.compile(
     r"^(root_block/standardized_conv2d/kernel"
     r"|block\d+/unit\d+/[abc]/(?:group_norm/(?:gamma|beta)|(?:proj/)?standardized_conv2d/kernel)"
@@ -196,24 +195,22 @@ _CANONICAL = re.compile(
 )
 
 
+_KEYS_OF_KIND = {"conv": ("standardized_conv2d/kernel",), "gn": ("group_norm/gamma", "group_norm/beta")}
+
+
 def layer_keys(layer_name):
-    """Official keys of a layer's weights, in the layer's weight order, or None."""
-    if layer_name == "root_conv":
-        return [ROOT_KERNEL]
-    if layer_name == "pre_head_gn":
-        return ["resnet/group_norm/gamma", "resnet/group_norm/beta"]
-    if layer_name == "head":
-        return [HEAD_KERNEL, HEAD_BIAS]
-    match = _UNIT_LAYER.match(layer_name)
-    if not match:
+    """Official keys of a layer's weights, in the layer's weight order, or None.
+
+    >>> layer_keys("block2_unit01_b_gn")
+    ['resnet/block2/unit01/b/group_norm/gamma', 'resnet/block2/unit01/b/group_norm/beta']
+    """
+    scope = official_scope(layer_name)
+    if scope is None:
         return None
-    block, unit, part, kind, proj = match.groups()
-    scope = f"resnet/block{int(block)}/unit{int(unit):02d}"
-    if proj:
-        return [f"{scope}/a/proj/standardized_conv2d/kernel"]
-    if kind == "gn":
-        return [f"{scope}/{part}/group_norm/gamma", f"{scope}/{part}/group_norm/beta"]
-    return [f"{scope}/{part}/standardized_conv2d/kernel"]
+    scope, kind = scope
+    if kind == "head":
+        return [HEAD_KERNEL, HEAD_BIAS]
+    return [f"{scope}/{suffix}" for suffix in _KEYS_OF_KIND[kind]]
 
 
 def _iter_layers(model):
