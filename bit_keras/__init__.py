@@ -53,6 +53,6 @@ def __dir__():
 
 if _startup.configured_backend() == "tensorflow":  # eager where TensorFlow is the backend anyway
     from bit_keras import data, tasks  # noqa: E402, F401
-    from bit_keras.finetune import BiTFineTuner  # noqa: E402
     from bit_keras.distill import BiTDistiller  # noqa: E402
+    from bit_keras.finetune import BiTFineTuner  # noqa: E402
     from bit_keras.pretrain import BiTPretrainer  # noqa: E402

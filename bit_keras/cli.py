@@ -48,8 +48,8 @@ def main(argv=None):
 
 def build_parser():
     """The parser of `bit-keras` and its sub-commands."""
-    try:  # the trainers behind finetune and pretrain, and export, need TensorFlow
-        from bit_keras import pretrain
+    try:  # the trainers behind finetune, pretrain and distill, and export, need TensorFlow
+        from bit_keras import distill, pretrain
         from hub_export import __main__ as hub_export_cli
     except ImportError as error:
         raise SystemExit(f"error: {error}") from None
@@ -260,8 +260,10 @@ def run_distill(args):
             f"--teacher {args.teacher} has {distiller.num_classes} classes but {task.name} has {task.train.num_classes}: "
             f"the teacher must be fine-tuned on the task first (bit-keras finetune ... --save teacher.keras)."
         )
-    print(f"[model] teacher {distiller.teacher.name} from {args.teacher}; student {distiller.student.name}, weights from "
-          f"{distiller.student.weights_source or 'random initialisation'}")
+    print(
+        f"[model] teacher {distiller.teacher.name} from {args.teacher}; student {distiller.student.name}, weights from "
+        f"{distiller.student.weights_source or 'random initialisation'}"
+    )
     distiller.fit(task.train, validation_data=task.validation)
     results = distiller.evaluate(task.test, verbose=0)
     write_outputs(distiller.student, args)

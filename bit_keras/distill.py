@@ -110,7 +110,28 @@ def pair_metrics(num_classes):
         student, teacher = split_logits(y_pred, num_classes)
         return ops.cast(ops.argmax(student, -1) == ops.argmax(teacher, -1), "float32")
 
-    return [keras.metrics.MeanMetricWrapper(function, name=function.__name__) for function in (accuracy, teacher_accuracy, agreement)]
+    return [
+        keras.metrics.MeanMetricWrapper(function, name=function.__name__) for function in (accuracy, teacher_accuracy, agreement)
+    ]
+
+
+class InferenceOnly(keras.layers.Layer):
+    """Calls a model in inference mode whatever mode its caller runs in.
+
+    A `training=False` given when a functional model is built does not hold:
+    `pair(x, training=True)` passes True to every layer. The teacher's
+    dropout (where it has any) must stay off while the student trains.
+    """
+
+    def __init__(self, model, **kwargs):
+        super().__init__(name=kwargs.pop("name", f"{model.name}_inference"), **kwargs)
+        self.model = model
+
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=False)
+
+    def compute_output_shape(self, input_shape):
+        return self.model.compute_output_shape(input_shape)
 
 
 def pair_model(student, teacher, view_size, image_size, teacher_size, consistent=True):
@@ -124,7 +145,7 @@ def pair_model(student, teacher, view_size, image_size, teacher_size, consistent
     images = keras.Input((view_size, view_size, 3), name="images")
     teacher_images = images if consistent else keras.Input((teacher_size, teacher_size, 3), name="teacher_images")
     student_logits = student(_resized(images, image_size, "student_resize"))
-    teacher_logits = teacher(_resized(teacher_images, teacher_size, "teacher_resize"), training=False)
+    teacher_logits = InferenceOnly(teacher)(_resized(teacher_images, teacher_size, "teacher_resize"))
     both = keras.layers.Concatenate(name="student_teacher", dtype="float32")([student_logits, teacher_logits])
     inputs = images if consistent else [images, teacher_images]
     return keras.Model(inputs, both, name=f"distill_{student.name}")
@@ -315,7 +336,9 @@ class BiTDistiller:
 
     def _pair(self):
         with self.engine.scope():
-            return pair_model(self.student, self.teacher, self.view_size, self.image_size, self.teacher_resolution, self.consistent)
+            return pair_model(
+                self.student, self.teacher, self.view_size, self.image_size, self.teacher_resolution, self.consistent
+            )
 
     def _compile(self, schedule):
         self.model = self._pair()  # the recipe's sizes and views may have changed since the last run

@@ -48,7 +48,7 @@ def result_line(stdout):
 
 
 HELP_FLAGS = {
-    "demo": ["--out", "--force_upstream", "--seeds", "--shots", "--upstream_steps", "--finetune_steps"],
+    "demo": ["--out", "--force_upstream", "--seeds", "--shots", "--upstream_steps", "--finetune_steps", "--distill"],
     "finetune": [
         "--dataset",
         "--examples_per_class",
@@ -88,6 +88,23 @@ HELP_FLAGS = {
         "--backup_every",
         "--save",
         "--export_dir",
+    ],
+    "distill": [
+        "--dataset",
+        "--teacher",
+        "--student",
+        "--student_weights",
+        "--loss",
+        "--temperature",
+        "--alpha",
+        "--consistent",
+        "--no-consistent",
+        "--mixup_alpha",
+        "--teacher_size",
+        "--batch_split",
+        "--strategy",
+        "--checkpoint_dir",
+        "--save",
     ],
     "export": ["--weights", "--variant", "--flavor", "--out", "--num_classes", "--input_range", "--overwrite"],
 }
@@ -268,3 +285,21 @@ def test_finetune_variant_auto_needs_weights_to_read(tmp_path, capsys):
 
     assert main(["finetune", "--dataset", "cifar10", "--variant", "auto"]) == 1
     assert "--variant auto reads the architecture from --weights" in capsys.readouterr().err
+
+
+def test_distill_ends_with_student_teacher_and_agreement(tmp_path):
+    import bit_keras
+
+    teacher = bit_keras.BiT(bit_keras.Variant((1, 1, 1, 1), width=2), num_classes=10)
+    teacher.save(tmp_path / "teacher.keras")
+    args = ["distill", "--dataset", "cifar10", "--teacher", str(tmp_path / "teacher.keras"), "--student", "R1-1-1-1x1"]
+    args += ["--student_weights", "none", "--batch_size", "8", "--steps", "2", "--image_size", "16", "--save", "s.keras"]
+    result = bit_keras_cli(args, tmp_path, code=MOCK_TFDS)
+    line = re.search(
+        r"^result: dataset=cifar10 variant=R1-1-1-1x1 steps=2 top-1=([0-9.]+) teacher_top-1=([0-9.]+) agreement=([0-9.]+)$",
+        result.stdout,
+        re.M,
+    )
+    assert line, result.stdout[-2000:]
+    assert all(0 <= float(value) <= 1 for value in line.groups())
+    assert bit_keras.BiT("auto", weights=str(tmp_path / "s.keras")).name.endswith("R1-1-1-1x1")

@@ -19,7 +19,10 @@ def _log_softmax(x):
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-@pytest.mark.parametrize("kind,temperature,alpha", [("function_matching", 1.0, 0.5), ("function_matching", 4.0, 0.5), ("hinton", 3.0, 0.3), ("hinton", 1.0, 1.0)])
+@pytest.mark.parametrize(
+    "kind,temperature,alpha",
+    [("function_matching", 1.0, 0.5), ("function_matching", 4.0, 0.5), ("hinton", 3.0, 0.3), ("hinton", 1.0, 1.0)],
+)
 def test_the_losses_are_their_formulas(kind, temperature, alpha):
     rng = np.random.default_rng(0)
     student, teacher = rng.normal(size=(6, 5)) * 3, rng.normal(size=(6, 5)) * 3
@@ -127,9 +130,9 @@ def test_the_student_saves_through_every_writer(tmp_path):
     bit_keras.save_timm(student, tmp_path / "s.safetensors")
     bit_keras.save_transformers(student, tmp_path / "hf")
     hub_export.export(student, tmp_path / "hub", flavor="classification")
-    for weights in ("s.keras", "s.npz", "s.safetensors", "hf", "hub"):
-        epsilon = 1e-8 if weights in ("s.safetensors", "hf") else bit_keras.resnet.WS_EPSILON
-        model = bit_keras.BiT("auto", weights=str(tmp_path / weights), ws_epsilon=epsilon)
+    for written in ("s.keras", "s.npz", "s.safetensors", "hf", "hub"):
+        epsilon = 1e-8 if written in ("s.safetensors", "hf") else bit_keras.resnet.WS_EPSILON
+        model = bit_keras.BiT("auto", weights=str(tmp_path / written), ws_epsilon=epsilon)
         got = keras.ops.convert_to_numpy(model(np.full((1, 16, 16, 3), 0.25, "float32")))
         np.testing.assert_allclose(got, expected, atol=1e-4 * max(1.0, np.abs(expected).max()))
 
