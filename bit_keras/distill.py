@@ -133,6 +133,12 @@ class InferenceOnly(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return self.model.compute_output_shape(input_shape)
 
+    @property
+    def metrics(self):
+        # A compiled teacher (as a fine-tuner leaves it) keeps its loss tracker and metrics, named
+        # "loss" and "accuracy"; reported through this layer they would shadow the pair's own.
+        return []
+
 
 def pair_model(student, teacher, view_size, image_size, teacher_size, consistent=True):
     """One model of the student and the frozen teacher, outputting their logits side by side.

@@ -98,11 +98,13 @@ def test_the_teacher_runs_in_inference_mode_and_never_changes():
 def test_evaluate_reports_student_teacher_and_agreement():
     images, labels = colour_task(24, size=16)
     teacher = probe("teacher", 16)
+    teacher.compile(loss="categorical_crossentropy", metrics=["accuracy"])  # as a fine-tuner leaves its model
     distiller = distill.BiTDistiller(teacher, probe("student", 16), batch_size=8, steps=1, image_size=16)
     results = distiller.evaluate((images, labels % 3), verbose=0)
     logits = keras.ops.convert_to_numpy(teacher.predict((images.astype("float32") - 127.5) / 127.5, verbose=0))
     assert results["teacher_accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == labels % 3))
     assert results["agreement"] == 1.0 and results["accuracy"] == results["teacher_accuracy"]  # identical probes
+    assert results["loss"] == pytest.approx(0.0, abs=1e-6) and results["accuracy"] > 0
 
 
 def test_a_student_with_other_classes_and_a_headless_teacher_are_refused():
