@@ -6,7 +6,7 @@ import warnings
 
 import keras
 
-from bit_keras import arguments, checkpoints, distribute
+from bit_keras import arguments, checkpoints, distribute, resnet
 from bit_keras.config import MIXED_PRECISION
 from bit_keras.resnet import WS_EPSILON, build_resnet, get_variant
 
@@ -25,6 +25,7 @@ def BiT(
     ws_epsilon=WS_EPSILON,
     strategy=None,
     mixed_precision=None,
+    pyramid_outputs=False,
 ):
     """A BiT ResNet-v2 as a functional `keras.Model` that outputs logits.
 
@@ -56,6 +57,9 @@ def BiT(
         strategy: make every variable under this strategy: a name such as
             "mirrored" or "tpu", or an instance (see
             `bit_keras.distribute.resolve_strategy`); None uses the current scope.
+        pyramid_outputs: with `include_top=False`, outputs a dict of the
+            feature maps at strides 4, 8, 16 and 32 ("P2" to "P5", the names
+            keras-hub backbones use) for detection and segmentation heads.
         mixed_precision: "mixed_bfloat16" or "mixed_float16" to compute in
             half precision (variables, GroupNorm statistics, weight
             standardisation and logits stay float32); None uses Keras' global
@@ -81,6 +85,8 @@ def BiT(
     """
     num_classes = _check_num_classes(num_classes)
     include_top = arguments.flag("include_top", include_top)
+    pyramid_outputs = arguments.flag("pyramid_outputs", pyramid_outputs)
+    resnet.check_outputs(include_top, pooling, pyramid_outputs)
     ws_epsilon = arguments.positive_float("ws_epsilon", ws_epsilon)
     input_shape = _check_input_shape(input_shape)
     auto = variant is None or (isinstance(variant, str) and variant.lower() == "auto")
@@ -105,7 +111,9 @@ def BiT(
     with _dtype_policy(mixed_precision), distribute.scope(None if strategy is None else distribute.resolve_strategy(strategy)):
         if keras.config.dtype_policy().name == "mixed_bfloat16":  # after the strategy has connected any TPU
             _warn_if_bfloat16_is_emulated()
-        model = build_resnet(spec, classes, include_top, pooling, input_shape, name, ws_epsilon=ws_epsilon)
+        model = build_resnet(
+            spec, classes, include_top, pooling, input_shape, name, ws_epsilon=ws_epsilon, pyramid_outputs=pyramid_outputs
+        )
     keep_head = state is not None and include_top and classes == checkpoint_classes
     if state is not None:
         checkpoints.load_state(model, state, record.source, skip_head=not keep_head)

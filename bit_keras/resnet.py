@@ -175,6 +175,14 @@ def official_scope(layer_name):
     return (f"{scope}/a/proj", "conv") if projection else (f"{scope}/{part}", kind)
 
 
+def check_outputs(include_top, pooling, pyramid_outputs):
+    """Refuses a combination of the output arguments that has no meaning, naming the fix."""
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}.")
+    if pyramid_outputs and (include_top or pooling):
+        raise ValueError("pyramid_outputs=True gives the unpooled feature maps: pass include_top=False and pooling=None.")
+
+
 def _conv(filters, kernel_size, name, strides=1, epsilon=WS_EPSILON):
     return StandardizedConv2D(filters, kernel_size, strides=strides, padding="valid", epsilon=epsilon, name=name)
 
@@ -208,30 +216,37 @@ def build_resnet(
     input_shape=(None, None, 3),
     name=None,
     ws_epsilon=WS_EPSILON,
+    pyramid_outputs=False,
 ):
     """Builds the functional BiT ResNet-v2 for a `Variant`, with fresh weights.
 
     `ws_epsilon` is every convolution's weight-standardisation epsilon.
+    `pyramid_outputs=True` (headless, unpooled) outputs a dict of the feature
+    maps at strides 4, 8, 16 and 32, {"P2": block 1's, ..., "P5": the final
+    normalised one}, as detection and segmentation heads take them.
 
     Layer names are `root_conv`, `block{b}_unit{u:02d}_{a,b,c}_{gn,conv}`,
     `block{b}_unit01_proj`, `pre_head_gn` and `head`; `stage_of` and
     `official_scope` say what each name means, and
     `bit_keras.checkpoints.official_weights` maps them to the official keys.
     """
-    if pooling not in (None, "avg", "max"):
-        raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}.")
+    check_outputs(include_top, pooling, pyramid_outputs)
     width = variant.width
     inputs = keras.Input(shape=input_shape, name="images")
     x = layers.ZeroPadding2D(3, name="root_pad")(inputs)
     x = _conv(64 * width, 7, ROOT_CONV, strides=2, epsilon=ws_epsilon)(x)
     x = layers.ZeroPadding2D(1, name="root_pool_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, padding="valid", name="root_pool")(x)
+    pyramid = {}
     for block, units in enumerate(variant.units, start=1):
         mid_channels = 64 * width * 2 ** (block - 1)
         for unit in range(1, units + 1):
             strides = 2 if block > 1 and unit == 1 else 1
             x = _unit(x, mid_channels, strides, unit_name(block, unit), ws_epsilon)
+        pyramid[f"P{block + 1}"] = x  # stride 2 ** (block + 1)
     x = _gn_relu(x, "pre_head")
+    if pyramid_outputs:
+        return keras.Model(inputs, {**pyramid, "P5": x}, name=name or variant.name)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
         # Logits in the variable dtype (float32 under mixed precision).

@@ -97,10 +97,18 @@ def test_folder_script_learns_and_skips_a_corrupt_file(tmp_path):
     assert top1 > 0.5, f"test top-1 {top1}: no better than chance on two trivially separable classes"
 
 
-@pytest.mark.parametrize("name", ["transfer_demo", "finetune_tfds", "finetune_folder"])
+def test_segmentation_head_on_the_pyramid_learns_the_shapes(tmp_path):
+    out = run_script("segmentation_head", ["--variant", "R1-1-1-1x1", "--weights", "none", "--steps", "30"], cwd=tmp_path)
+    ious = re.search(r"IoU square ([0-9.]+), disc ([0-9.]+)", out)
+    assert ious and min(float(iou) for iou in ious.groups()) > 0.3, out[-2000:]
+
+
+@pytest.mark.parametrize("name", ["transfer_demo", "finetune_tfds", "finetune_folder", "segmentation_head"])
 def test_every_example_takes_help_from_anywhere(name, tmp_path):
     out = run_script(name, ["--help"], cwd=tmp_path, timeout=120)
-    if name != "transfer_demo":
+    if name == "segmentation_head":
+        assert "--variant" in out and "--size" in out
+    elif name != "transfer_demo":
         assert "--strategy" in out and "--tpu" in out
     else:
         assert "--force_upstream" in out

@@ -202,3 +202,19 @@ def test_mixed_precision_is_one_word_and_leaves_the_global_policy_alone(tiny):
     assert model.predict(np.zeros((1, 32, 32, 3), "float32"), verbose=0).dtype == np.float32
     with pytest.raises(ValueError, match="mixed_precision must be None or one of"):
         bit_keras.BiT(tiny, num_classes=3, mixed_precision="bf16")
+
+
+@pytest.mark.parametrize("height,width", [(64, 64), (96, 128)])
+def test_pyramid_outputs_are_the_stage_maps_at_strides_4_to_32(tmp_path, height, width):
+    state = random_state((1, 1, 1, 1), 1, 3, seed=4)
+    np.savez(tmp_path / "w.npz", **state)
+    pyramid = bit_keras.BiT("R1-1-1-1x1", weights=str(tmp_path / "w.npz"), include_top=False, pyramid_outputs=True)
+    images = np.random.default_rng(0).uniform(-1, 1, (2, height, width, 3)).astype("float32")
+    maps = {name: keras.ops.convert_to_numpy(value) for name, value in pyramid(images).items()}
+    assert sorted(maps) == ["P2", "P3", "P4", "P5"]
+    for level, channels in zip((2, 3, 4, 5), (256, 512, 1024, 2048)):
+        assert maps[f"P{level}"].shape == (2, height // 2**level, width // 2**level, channels)
+    backbone = bit_keras.BiT("R1-1-1-1x1", weights=str(tmp_path / "w.npz"), include_top=False)
+    np.testing.assert_array_equal(maps["P5"], keras.ops.convert_to_numpy(backbone(images)))
+    with pytest.raises(ValueError, match="pyramid_outputs=True gives the unpooled feature maps"):
+        bit_keras.BiT("R1-1-1-1x1", pyramid_outputs=True)
