@@ -18,7 +18,7 @@ import time
 
 import keras
 
-from bit_keras import checkpoints, config, data, hyperrule
+from bit_keras import checkpoints, config, data, distribute, hyperrule
 from bit_keras.finetune import BiTFineTuner, release_name
 from bit_keras.models import BiT
 from bit_keras.resnet import get_variant
@@ -53,7 +53,9 @@ def reproduce(
     settings = settings or config.SuiteConfig()
     run, recipe = dict(run or {}), {k: v for k, v in (recipe or {}).items() if v is not None}
     if isinstance(variant, str) and variant.lower() == "auto":
-        raise ValueError("reproduce needs the variant named (e.g. --variant BiT-M-R50x1): its published figures are looked up by name.")
+        raise ValueError(
+            "reproduce needs the variant named (e.g. --variant BiT-M-R50x1): its published figures are looked up by name."
+        )
     variant = get_variant(variant)
     out = settings.out or f"reproduce_{suite.name}"
     if settings.evaluate_released:
@@ -243,7 +245,7 @@ class _Context:
     def write(self, final=False):
         results = report.results(self.suite, self.variant.name, self.records, self.weights, self.settings)
         _write_json(os.path.join(self.out, RESULTS), results)
-        if final or any(self.records.values()):
+        if distribute.is_chief() and (final or any(self.records.values())):
             report.plot(self.suite, results, os.path.join(self.out, f"{self.suite.name}.png"))
         return results
 
@@ -348,6 +350,8 @@ def _check_split_sizes(task, info):
 
 
 def _write_json(path, value):
+    if not distribute.is_chief():  # multi-worker: worker 0 writes (--out on a file system all workers share)
+        return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with checkpoints.atomic_file(path, overwrite=True) as tmp, open(tmp, "w") as f:
         json.dump(value, f, indent=2)
