@@ -28,6 +28,7 @@ from bit_keras.resnet import Variant, get_variant, variants
 _NEED_TENSORFLOW = {
     "data": ("bit_keras.data", None),
     "tasks": ("bit_keras.tasks", None),
+    "suites": ("bit_keras.suites", None),
     "BiTFineTuner": ("bit_keras.finetune", "BiTFineTuner"),
     "BiTPretrainer": ("bit_keras.pretrain", "BiTPretrainer"),
     "BiTDistiller": ("bit_keras.distill", "BiTDistiller"),

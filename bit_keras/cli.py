@@ -1,10 +1,11 @@
-"""The `bit-keras` console command: demo, finetune, pretrain, distill, export.
+"""The `bit-keras` console command: demo, finetune, pretrain, distill, reproduce, export.
 
     bit-keras demo                                        # the transfer demo, under 5 minutes on a CPU
     bit-keras finetune --dataset oxford_flowers102 --variant BiT-M-R50x1
     bit-keras finetune --dataset photos/ --variant BiT-M-R50x1 --examples_per_class 5
     bit-keras pretrain --dataset imagenet2012 --variant BiT-S-R50x1 --strategy tpu --tpu my-tpu
     bit-keras distill --dataset oxford_iiit_pet --teacher pets-r152x2.keras --student BiT-M-R50x1
+    bit-keras reproduce vtab1k --variant BiT-M-R50x1     # the published tables: vtab1k, fewshot, paper
     bit-keras export --variant BiT-M-R50x1 --weights BiT-M-R50x1.npz --out exported/m-r50x1
 
 `bit-keras <command> --help` lists each command's flags. `finetune`,
@@ -48,15 +49,17 @@ def main(argv=None):
 
 def build_parser():
     """The parser of `bit-keras` and its sub-commands."""
-    try:  # the trainers behind finetune, pretrain and distill, and export, need TensorFlow
-        from bit_keras import distill, pretrain
+    try:  # the trainers behind finetune, pretrain, distill and reproduce, and export, need TensorFlow
+        from bit_keras import distill, pretrain, suites
         from hub_export import __main__ as hub_export_cli
     except ImportError as error:
         raise SystemExit(f"error: {error}") from None
 
     parser = argparse.ArgumentParser(prog="bit-keras", description="Big Transfer (BiT) for Keras 3: " + __doc__.splitlines()[0])
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    commands = parser.add_subparsers(dest="command", title="commands", metavar="{demo,finetune,pretrain,distill,export}")
+    commands = parser.add_subparsers(
+        dest="command", title="commands", metavar="{demo,finetune,pretrain,distill,reproduce,export}"
+    )
 
     demo_parser = commands.add_parser(
         "demo", help="pre-train upstream, export, few-shot fine-tune, compare with scratch (digits, no download)"
@@ -105,6 +108,16 @@ def build_parser():
     add_output_flags(distill_parser)
     distill_parser.set_defaults(run=run_distill)
 
+    reproduce_parser = commands.add_parser(
+        "reproduce", help="run a published table (vtab1k, fewshot, paper) and print it beside the published figures"
+    )
+    reproduce_parser.add_argument("suite", choices=sorted(suites.SUITES), help="the table to reproduce (docs/reproduce.md)")
+    add_model_flags(reproduce_parser, default_variant="BiT-M-R50x1")
+    config.add_flags(reproduce_parser, config.SuiteConfig)
+    config.add_flags(reproduce_parser, config.RunConfig, batch_size=None, seed=0)  # no batch: the suite's protocol's
+    config.add_flags(reproduce_parser, config.FineTuneRecipe, skip=REPRODUCE_PROTOCOL)
+    reproduce_parser.set_defaults(run=run_reproduce)
+
     export_parser = commands.add_parser(
         "export", help="write a BiT model as a TF-Hub-format SavedModel (as python -m hub_export)"
     )
@@ -114,6 +127,9 @@ def build_parser():
 
 
 # ------------------------------------------------------------------ shared flag groups
+
+# FineTuneRecipe fields each suite task sets itself (flips and crops where they keep the label; fresh heads).
+REPRODUCE_PROTOCOL = ("flip", "random_crop", "freeze", "zero_head")
 
 
 def add_data_flags(parser):
@@ -272,6 +288,26 @@ def run_distill(args):
         f"result: dataset={task.name} variant={distiller.student.name} steps={steps} top-1={results['accuracy']:.4f} "
         f"teacher_top-1={results['teacher_accuracy']:.4f} agreement={results['agreement']:.4f}"
     )
+    return 0
+
+
+def run_reproduce(args):
+    import dataclasses
+
+    from bit_keras import suites  # on tf.data: imported when a command needs it
+
+    settings = config.from_flags(args, config.SuiteConfig)
+    run = {field.name: getattr(args, field.name) for field in dataclasses.fields(config.RunConfig)}
+    recipe = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(config.FineTuneRecipe)
+        if field.name not in REPRODUCE_PROTOCOL
+    }
+    weights = weights_option(args.weights)
+    if settings.evaluate_released and weights != "release":
+        raise ValueError("--evaluate_released evaluates the released per-task models; leave out --weights.")
+    variant = variant_option(args.variant, weights)
+    suites.reproduce(args.suite, variant, weights=weights, settings=settings, run=run, recipe=recipe)
     return 0
 
 

@@ -192,6 +192,53 @@ class DistillRecipe:
         arguments.flag("flip", self.flip)
 
 
+def _names(text):
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"--tasks takes task names separated by commas; got {text!r}.")
+    return names
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteConfig:
+    """What `bit-keras reproduce` runs of a suite (`bit_keras.suites`) and where; the defaults are the suite's protocol."""
+
+    runs: int = setting(
+        None, "runs per task, with seeds --seed, --seed+1, ... (default: the suite's, 5 for few-shot rows, else 1)", resumes=False
+    )
+    tasks: tuple = setting(
+        None, "a comma-separated subset of the suite's tasks (default: all of them)", resumes=False, parse=_names
+    )
+    out: str = setting(
+        None, "folder of results.json, the figure and each finished run's result (default reproduce_<suite>)", resumes=False
+    )
+    train_examples: int = setting(
+        None,
+        "train on this many examples instead of the suite's (VTAB 800+200 kept 4:1; full rows take the first N): checks only",
+    )
+    evaluate_released: bool = setting(
+        False, "vtab1k: evaluate the released BiT-M-<arch>-run<k>-<task> checkpoints on each test split, without training"
+    )
+    pin_versions: bool = setting(True, "load the TFDS versions the benchmark names (kitti:3.1.0, ...) where TFDS still has them")
+    keep_backups: bool = setting(False, "keep each run's backups once its result is written (removed by default)", resumes=False)
+    tfds_data_dir: str = setting(None, "where tensorflow-datasets keeps its data (its default when unset)", resumes=False)
+
+    def __post_init__(self):
+        if self.runs is not None:
+            arguments.positive_int("runs", self.runs)
+        if self.tasks is not None:
+            names = self.tasks.split(",") if isinstance(self.tasks, str) else self.tasks
+            names = tuple(str(name).strip() for name in names if str(name).strip())
+            if not names:
+                raise ValueError(f"tasks must name at least one task of the suite, got {self.tasks!r}.")
+            object.__setattr__(self, "tasks", names)
+        if self.train_examples is not None:
+            arguments.positive_int("train_examples", self.train_examples)
+        arguments.flag("evaluate_released", self.evaluate_released)
+        arguments.flag("pin_versions", self.pin_versions)
+        arguments.flag("keep_backups", self.keep_backups)
+
+
 def resolve(recipe_class, recipe=None, run=None, settings=None, **run_defaults):
     """(recipe, `RunConfig`): the given ones (or the defaults, `run_defaults` for the run) with `settings` applied.
 

@@ -59,7 +59,32 @@ def _releases():
 
 
 RELEASES = _releases()
-_VTAB = re.compile(r"^(BiT-[SM]-(R\d+x\d))-run(\d+)-([a-z0-9_]+)$")
+# The BiT-M models fine-tuned on each VTAB-1k task, three runs each (official README, "BiT-M models
+# fine-tuned on the 19 VTAB-1k tasks"): bit_models/vtab/BiT-M-{architecture}-run{0,1,2}-{task}.npz.
+VTAB_ARCHITECTURES = ("R50x1", "R101x1", "R50x3", "R101x3", "R152x4")  # no R152x2
+VTAB_RUNS = 3
+VTAB_TASKS = (
+    "caltech101",
+    "cifar100",
+    "dtd",
+    "oxford_flowers102",
+    "oxford_iiit_pet",
+    "sun397",
+    "svhn",
+    "patch_camelyon",
+    "eurosat",
+    "resisc45",
+    "diabetic_retinopathy",
+    "clevr-count",
+    "clevr-distance",
+    "dmlab",
+    "dsprites-xpos",
+    "dsprites-orientation",
+    "kitti-distance",
+    "smallnorb-azimuth",
+    "smallnorb-elevation",
+)
+_VTAB = re.compile(r"^BiT-M-(R\d+x\d)-run(\d+)-([a-z0-9_-]+)$")
 _HF_REPO = re.compile(r"^(?:hf:|hf-hub:)?(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)$")
 _KAGGLE_FRAMEWORKS = "tensorflow1|tensorflow2|tfjs|tflite|keras|jax|flax|pytorch|transformers|other"
 _KAGGLE = re.compile(
@@ -71,14 +96,20 @@ _KAGGLE = re.compile(
 def find_release(name):
     """The `Release` called `name`, including the VTAB pattern, or None.
 
-    VTAB files are named `BiT-{S,M}-R{..}x{..}-run{n}-{task}` (their heads have
-    the task's classes, read from the file itself).
+    VTAB files are named `BiT-M-{architecture}-run{0,1,2}-{task}` for the
+    architectures in `VTAB_ARCHITECTURES` and the tasks in `VTAB_TASKS` (their
+    heads have the task's classes, read from the file itself).
+
+    >>> find_release("BiT-M-R50x1-run2-smallnorb-elevation").path
+    'vtab/BiT-M-R50x1-run2-smallnorb-elevation.npz'
+    >>> find_release("BiT-M-R152x2-run0-dtd") is None  # no VTAB runs of R152x2 were released
+    True
     """
     if name in RELEASES:
         return RELEASES[name]
     match = _VTAB.match(name)
-    if match:
-        return Release(name, match[2], None, f"vtab/{name}.npz")
+    if match and match[1] in VTAB_ARCHITECTURES and int(match[2]) < VTAB_RUNS and match[3] in VTAB_TASKS:
+        return Release(name, match[1], None, f"vtab/{name}.npz")
     return None
 
 
