@@ -17,6 +17,12 @@ One training step is forward, soft-label cross-entropy, backward and an SGD
     bit_keras/tf-gn-onepass  the default with GroupNorm's variance taken in one pass, E[x^2] - E[x]^2,
                           instead of the centred two passes (only when named in --contenders): what
                           the accurate variance costs
+    bit_keras/tf-folded   inference only: `bit_keras.fold(model)` (weight standardisation computed
+                          once, into plain convolutions, as `BiTFineTuner.predict` and `evaluate`
+                          run), compiled with the defaults; the time it takes to fold is in its
+                          description
+    bit_keras/tf-folded-xla  the same, compiled with `jit_compile=True`, as the fine-tuner compiles runs of
+                          100 updates or more (only when named in --contenders)
     bit_keras/jax         JAX backend, `train_on_batch` / `predict_on_batch` (the
                           step `model.fit` runs) on device-resident batches
     bit_keras/jax-stateless  JAX backend, a jitted `stateless_call` +
@@ -78,15 +84,24 @@ CONTENDERS = {
     "bit_keras/tf-unfused": ("bit_keras", "tensorflow", {"unfused": True}),
     "bit_keras/tf-floor": ("bit_keras", "tensorflow", {"floor": True}),
     "bit_keras/tf-gn-onepass": ("bit_keras", "tensorflow", {"gn_onepass": True}),
+    "bit_keras/tf-folded": ("bit_keras", "tensorflow", {"folded": True}),
+    "bit_keras/tf-folded-xla": ("bit_keras", "tensorflow", {"folded": True, "jit_compile": True}),
     "bit_keras/jax": ("bit_keras", "jax", {}),
     "bit_keras/jax-stateless": ("bit_keras", "jax", {"stateless": True}),
     "timm/eager": ("timm", None, {}),
     "timm/compile": ("timm", None, {"compile": True}),
     "keras/resnet50v2": ("keras_resnet50v2", "tensorflow", {}),
 }
-DIAGNOSTIC_CONTENDERS = ("bit_keras/tf-noxla", "bit_keras/tf-unfused", "bit_keras/tf-floor", "bit_keras/tf-gn-onepass")
+DIAGNOSTIC_CONTENDERS = (
+    "bit_keras/tf-noxla",
+    "bit_keras/tf-unfused",
+    "bit_keras/tf-floor",
+    "bit_keras/tf-gn-onepass",
+    "bit_keras/tf-folded-xla",
+)
 DEFAULT_CONTENDERS = [name for name in CONTENDERS if name not in DIAGNOSTIC_CONTENDERS]
 PEERS = ("timm/eager", "timm/compile", "keras/resnet50v2")
+INFERENCE_ONLY = ("bit_keras/tf-folded", "bit_keras/tf-folded-xla")  # no training step: a folded model is not a BiT to train
 MODES = ("infer", "train")
 PREFIX = "@@BENCH "
 LEARNING_RATE = 1e-3
@@ -179,9 +194,16 @@ def _keras_steps(args, family, options):
     forward_gflop = _forward_gflop(model)
     if options.get("stateless"):
         return (*_jax_stateless_steps(model, optimizer, loss, x, y), device_peak, description, forward_gflop)
-    model.compile(optimizer=optimizer, loss=loss, **{k: v for k, v in options.items() if k == "jit_compile"})
+    jit_option = {k: v for k, v in options.items() if k == "jit_compile"}
+    model.compile(optimizer=optimizer, loss=loss, **jit_option)
     jit = model.jit_compile
     description += f", keras {keras.__version__}, jit_compile={jit}"
+    if options.get("folded"):
+        started = time.perf_counter()
+        folded = bit_keras.fold(model)
+        description += f", folded in {time.perf_counter() - started:.2f} s"
+        folded.compile(loss=loss, **jit_option)
+        return lambda: folded.predict_on_batch(x), None, device_peak, description, forward_gflop
 
     def infer():
         return model.predict_on_batch(x)
@@ -374,8 +396,9 @@ def worker(args):
         return
     built = time.perf_counter()
     for _ in range(args.warmup):
-        infer()
-        train()
+        for step in (infer, train):
+            if step is not None:  # None: the contender has no such step (`INFERENCE_ONLY`)
+                step()
     _say(
         status="ready",
         description=description,
@@ -513,6 +536,8 @@ def coordinate(args, passthrough):
         order = order[shift:] + order[:shift]
         for mode in MODES:
             for name in order:
+                if mode == "train" and name in INFERENCE_ONLY:
+                    continue
                 message = workers[name].ask(mode, args.step_timeout)
                 if message["status"] != "measured":
                     absent[name] = message["reason"]

@@ -18,6 +18,7 @@ if _startup.configured_backend() == "tensorflow":
 
 from bit_keras import config, distribute, hyperrule, labels, optional, preprocess, training  # noqa: E402 (after the quiet import)
 from bit_keras.checkpoints import save_official, save_timm, save_transformers
+from bit_keras.folding import fold
 from bit_keras.hyperrule import HyperRule
 from bit_keras.labels import decode_predictions
 from bit_keras.layers import GroupNormalization, StandardizedConv2D

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from bit_keras import arguments, checkpoints, config, data, hyperrule, preprocess, training
+from bit_keras.folding import fold
 from bit_keras.models import BiT
 from bit_keras.resnet import HEAD_LAYER, get_variant, stage_of, variants
 
@@ -241,15 +242,23 @@ class BiTFineTuner:
         self.dataset_size, self.image_size = self._given_sizes
 
     def evaluate(self, data_source, verbose="auto"):
-        """Loss and accuracy on `data_source` at the HyperRule's crop size, as a dict."""
+        """Loss and accuracy on `data_source` at the HyperRule's crop size, as a dict.
+
+        Runs on a folded copy of the model (see `bit_keras.fold`), made for
+        this call from the current weights, with the model's loss and metrics.
+        """
         source = self._source(data_source)
         pipeline = data.eval_pipeline(source, crop=self.hyperrule.crop, batch_size=self.engine.micro_batch)
         self._compile()
         with self.engine.scope():
-            return self.model.evaluate(pipeline, return_dict=True, verbose=verbose)
+            return self._folded().evaluate(pipeline, return_dict=True, verbose=verbose)
 
     def predict(self, images, verbose=0):
-        """Logits for images with pixels in [0, 255] (N, H, W, 3), resized to the crop size."""
+        """Logits for images with pixels in [0, 255] (N, H, W, 3), resized to the crop size.
+
+        Runs on a folded copy of the model (see `bit_keras.fold`), made for
+        this call from the current weights.
+        """
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] not in (1, 3):
             raise ValueError(f"predict takes a batch of images (N, H, W, 3) with pixels in [0, 255]; got shape {images.shape}.")
@@ -269,9 +278,27 @@ class BiTFineTuner:
         if images.shape[-1] == 1:
             resized = keras.ops.repeat(resized, 3, axis=-1)
         with self.engine.scope():
-            return self.model.predict(preprocess.to_model_range(resized), batch_size=self.engine.micro_batch, verbose=verbose)
+            return self._folded().predict(preprocess.to_model_range(resized), batch_size=self.engine.micro_batch, verbose=verbose)
 
     # ------------------------------------------------------------------ internals
+
+    def _folded(self):
+        """The model folded (`bit_keras.fold`) from its current weights, compiled as the model is, for one call.
+
+        The weights cannot change during one `predict` or `evaluate`, so the
+        standardised kernels are computed once for the call instead of on
+        every batch. A new copy for every call: none is kept, so none can
+        hold weights that a later update has changed. Call under `engine.scope()`,
+        where the copy's variables and traced steps belong.
+        """
+        folded = fold(self.model)
+        folded.trainable = False  # nothing to train: `evaluate` then builds its optimizer with no variables
+        compiled = self.model.get_compile_config()  # {} before the first `fit` or `evaluate`
+        if compiled:
+            # The same loss, metrics and jit_compile; not the optimizer, which only training uses.
+            settings = {key: value for key, value in compiled.items() if key != "optimizer"}
+            folded.compile(**keras.saving.deserialize_keras_object(settings))
+        return folded
 
     def _build(self, model_or_variant, weights):
         mixed_precision = self.engine.run.mixed_precision

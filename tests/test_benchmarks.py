@@ -22,7 +22,7 @@ def _installed(module):
     return importlib.util.find_spec(module) is not None
 
 
-SMOKE = ["bit_keras/tf", "bit_keras/tf-floor", "bit_keras/jax", "timm/eager", "keras/resnet50v2"]
+SMOKE = ["bit_keras/tf", "bit_keras/tf-floor", "bit_keras/tf-folded", "bit_keras/jax", "timm/eager", "keras/resnet50v2"]
 
 
 def test_bench_step_smoke_reports_every_contender():
@@ -45,6 +45,11 @@ def test_bench_step_smoke_reports_every_contender():
             continue
         assert name in measured and name not in absent, f"{name}: {absent.get(name)}"
         for mode in bench_step.MODES:
+            if name in bench_step.INFERENCE_ONLY and mode == "train":
+                assert (name, mode) not in medians and not any(
+                    line.get("contender") == name and line.get("mode") == mode for line in lines
+                ), f"{name} has no training step to time"
+                continue
             line = medians[(name, mode)]
             assert line["images_per_s"] > 0 and line["ms_per_step"] > 0 and line["peak_memory_mb"] > 0
             assert line["variant"] == "R1-1-1-1x1" and line["batch_size"] == 2 and line["image_size"] == 32
@@ -52,6 +57,8 @@ def test_bench_step_smoke_reports_every_contender():
                 assert line["ratio_to_timm_eager"] > 0
     if "bit_keras/tf-floor" in measured:
         assert "the floor" in medians[("bit_keras/tf-floor", "train")]["description"]
+    if "bit_keras/tf-folded" in measured:
+        assert "folded in" in medians[("bit_keras/tf-folded", "infer")]["description"]
     assert "contender" in result.stdout and "vs timm eager" in result.stdout  # the table
     if _installed("tensorflow"):
         (ceiling,) = [line for line in lines if line["kind"] == "ceiling"]

@@ -1,4 +1,4 @@
-"""Without TensorFlow: the model, the NumPy weight families, fit on arrays and HyperRule under JAX and PyTorch.
+"""Without TensorFlow: the model, `fold`, the NumPy weight families, fit on arrays and HyperRule under JAX and PyTorch.
 
 Each run is a fresh process whose `import tensorflow` fails, as in an
 environment without it; the TensorFlow-only parts must say they need it.
@@ -29,6 +29,8 @@ model = bit_keras.BiT("auto", weights=os.path.join(folder, "tiny.npz"))
 x = np.random.default_rng(0).uniform(-1, 1, (2, 40, 40, 3)).astype("float32")
 got, expected = model.predict(x, verbose=0), forward(state, x, (1, 1, 1, 1))
 assert np.abs(got - expected).max() <= 3e-4 * np.abs(expected).max(), np.abs(got - expected).max()
+folded = bit_keras.fold(model)  # keras alone: no TensorFlow to fold
+assert np.abs(folded.predict(x, verbose=0) - got).max() <= 1e-6 * np.abs(got).max()
 
 # Every weight family that needs only NumPy, written and read back.
 bit_keras.save_official(model, os.path.join(folder, "out.npz"))

@@ -1,0 +1,126 @@
+"""`bit_keras.fold`: a copy of a BiT for inference, its weight standardisation computed once.
+
+A `StandardizedConv2D` standardises its kernel on every call: for BiT-R50x1
+that is 23.5M weights reduced, shifted and scaled before every forward pass.
+While the weights cannot change, as during one `predict` or `evaluate`, the
+standardised kernels can be computed once and held by plain convolutions.
+Written in `keras` alone: it runs under every Keras backend.
+"""
+
+import keras
+
+from bit_keras.layers import StandardizedConv2D
+
+
+def fold(model):
+    """A copy of `model` in which every `StandardizedConv2D` is a plain `keras.layers.Conv2D`.
+
+    Each convolution of the copy holds its original's standardised kernel,
+    computed in float32 with that layer's own epsilon exactly as the layer
+    computes it on every call (`StandardizedConv2D.standardized_kernel`), and
+    keeps its name, filters, kernel size, strides, padding, bias and dtype
+    policy. Every other layer is copied with its configuration and weights
+    (GroupNorm stays GroupNorm); models nested in `model` (a BiT inside a
+    wrapper) are folded too. `model` itself is left as it was, and the copy
+    shares no variable with it: it is a snapshot of the weights at the time
+    of the call, for inference (`predict`, `evaluate`, export). Fold again
+    after any weight update; training the copy would train a model without
+    weight standardisation. The copy is not compiled.
+
+    Args:
+        model: a functional or `Sequential` `keras.Model` that contains
+            `StandardizedConv2D` layers, e.g. a `bit_keras.BiT` or a model
+            built around one.
+
+    Returns:
+        The folded `keras.Model`, of the same class, name and outputs.
+
+    Example:
+
+    >>> import numpy as np, bit_keras
+    >>> model = bit_keras.BiT("R1-1-1-1x1", include_top=False, pooling="avg")
+    >>> folded = bit_keras.fold(model)
+    >>> type(folded.get_layer("root_conv")).__name__, type(model.get_layer("root_conv")).__name__
+    ('Conv2D', 'StandardizedConv2D')
+    >>> images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+    >>> features, expected = folded.predict(images, verbose=0), model.predict(images, verbose=0)
+    >>> bool(np.abs(features - expected).max() <= 1e-6 * np.abs(expected).max())
+    True
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"fold(model): model must be a keras.Model containing StandardizedConv2D layers (e.g. a bit_keras.BiT), "
+            f"got {type(model).__module__}.{type(model).__qualname__}."
+        )
+    config = _graph_config(model)
+    if config is None:
+        raise ValueError(
+            f"fold(model): model must be a functional or Sequential keras.Model, whose layers it can rebuild; "
+            f"{model.name!r} is a subclassed {type(model).__qualname__}. Fold the BiT inside it "
+            f"(bit_keras.fold(bit)) and use the folded copy in its place."
+        )
+    layers = list(_walk(model))
+    if not any(isinstance(layer, StandardizedConv2D) for layer in layers):
+        raise ValueError(
+            f"fold(model): model must contain StandardizedConv2D layers (a bit_keras.BiT, or a model built around "
+            f"one); {model.name!r} has none, so there is nothing to fold."
+        )
+    _fold_config(model, config)
+    # Layer classes of the model's own (a wrapper's, say) need not be registered with Keras.
+    classes = {type(layer).__name__: type(layer) for layer in layers if not type(layer).__module__.startswith("keras.")}
+    with keras.saving.custom_object_scope(classes):
+        folded = type(model).from_config(config)
+    _copy_state(model, folded)
+    return folded
+
+
+def _graph_config(model):
+    """The config of a functional or Sequential model (its layers and how they connect), or None."""
+    try:
+        config = model.get_config()
+    except NotImplementedError:
+        return None
+    if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+        return None
+    return config
+
+
+def _walk(model):
+    """Every layer of `model`, and of the models nested in it."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model) and _graph_config(layer) is not None:
+            yield from _walk(layer)
+
+
+def _fold_config(model, config):
+    """Rewrites, in `config`, each `StandardizedConv2D` of `model` (and of its nested models) as a `Conv2D`."""
+    by_name = {layer.name: layer for layer in model.layers}
+    for entry in config["layers"]:
+        layer = by_name.get(entry["config"].get("name"))
+        if isinstance(layer, StandardizedConv2D):
+            settings = {key: value for key, value in entry["config"].items() if key != "epsilon"}
+            plain = keras.saving.serialize_keras_object(keras.layers.Conv2D.from_config(settings))
+            for key in ("module", "class_name", "registered_name", "config"):
+                entry[key] = plain[key]
+        elif isinstance(layer, keras.Model) and _graph_config(layer) is not None:
+            _fold_config(layer, entry["config"])
+
+
+def _copy_state(source, target):
+    """Gives `target`, the folded copy, the dtype policy and weights of `source`: standardised kernels for the convolutions."""
+    # A functional model's config holds no dtype policy: rebuilt, it would take the global one. Under a
+    # mixed policy the model's own opens the autocast scope in which GroupNorm reads gamma and beta in float32.
+    target.dtype_policy = source.dtype_policy
+    for layer in source.layers:
+        twin = target.get_layer(layer.name)
+        if isinstance(layer, StandardizedConv2D):
+            # Computed in float32 as `call` computes it, held in the variable's dtype (float32, but under a
+            # pure half-precision policy); Conv2D casts it to the compute dtype, as `call` casts its kernel.
+            twin.kernel.assign(keras.ops.cast(layer.standardized_kernel(), twin.kernel.dtype))
+            if layer.use_bias:
+                twin.bias.assign(layer.bias)
+        elif isinstance(layer, keras.Model) and _graph_config(layer) is not None:
+            _copy_state(layer, twin)
+        elif layer.weights:
+            twin.set_weights(layer.get_weights())
