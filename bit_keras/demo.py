@@ -420,7 +420,11 @@ def add_arguments(parser):
     parser.add_argument(
         "--distill", action="store_true", help="the distillation demo instead: a wide teacher, a narrow student (see --seeds)"
     )
-    parser.add_argument("--distill_steps", type=int, help="with --distill: updates of each student (300 by default)")
+    parser.add_argument(
+        "--distill_steps",
+        type=int,
+        help="with --distill: updates of the teacher and of each student (300 by default; fewer for a quick look)",
+    )
     parser.add_argument(
         "--finetune_steps",
         type=int,

@@ -116,7 +116,8 @@ def table(runs):
 def run(args):
     """Runs the demo from parsed `demo.add_arguments` flags (`--out`, `--seeds`, `--distill_steps`)."""
     start = time.time()
-    recipe = Recipe(seeds=args.seeds, **({"steps": args.distill_steps} if args.distill_steps else {}))
+    steps = {"steps": args.distill_steps, "teacher_steps": args.distill_steps} if args.distill_steps else {}
+    recipe = Recipe(seeds=args.seeds, **steps)
     prepare_out(args.out)
     train, test = digit_sources()
     print(f"[data] scikit-learn digits: {train.num_examples} training and {test.num_examples} test images of 0-9")

@@ -78,3 +78,23 @@ def test_recipe_rule_and_upstream_record():
     assert dataclasses.replace(recipe, finetune_steps=7).steps_for(717) == 7
     # Flips change the upstream model, so they are part of what the cache depends on.
     assert recipe.upstream() != dataclasses.replace(recipe, flip=True).upstream()
+
+
+def test_the_distillation_demo_in_a_reduced_mode(tmp_path, capsys):
+    import json
+
+    from bit_keras.cli import main
+
+    assert main(["demo", "--distill", "--seeds", "2", "--distill_steps", "3", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "teacher R1-1-1-1x2: top-1" in printed and "Distillation" in printed
+    rows = [line.split() for line in printed.splitlines() if line.startswith(("distilled ", "labels "))]
+    assert [row[0] for row in rows] == ["distilled", "labels"]
+    record = json.loads((tmp_path / "distill_results.json").read_text())
+    assert len(record["runs"]) == 2 and 0 <= record["teacher_accuracy"] <= 1
+    for run in record["runs"]:
+        assert set(run) == {"distilled", "labels"}
+        assert all(0 <= run[arm][key] <= 1 for arm in run for key in ("accuracy", "agreement"))
+        assert run["distilled"]["teacher"] == record["teacher_accuracy"]  # one teacher for every run
+    means = {row[0]: float(row[1]) for row in rows}
+    assert abs(means["distilled"] - np.mean([run["distilled"]["accuracy"] for run in record["runs"]])) <= 0.0005 + 1e-9
