@@ -250,6 +250,9 @@ class BiTDistiller:
         self.teacher = self._teacher(teacher)
         self.num_classes = int(self.teacher.output.shape[-1])
         self.student = self._student(student, student_weights)
+        # After the student: copying the teacher under a strategy draws random numbers, which
+        # must not change the student's initialisation between one device and several.
+        self.teacher = self.engine.adopt(self.teacher)
         self.model = self._pair()
 
     @property
@@ -359,7 +362,7 @@ class BiTDistiller:
 
     def _teacher(self, teacher):
         if isinstance(teacher, keras.Model):
-            model = self.engine.adopt(teacher)
+            model = teacher
         else:
             with self.engine.scope():
                 model = BiT(None, weights=teacher, mixed_precision=self.engine.run.mixed_precision)

@@ -90,6 +90,7 @@ options = dict(
     backup_every=2,
 )
 if args.trainer == "distill":
+    keras.utils.set_random_seed(5)  # the same teacher in every process: it is built before the engine seeds
     teacher = bit_keras.BiT(bit_keras.Variant((1, 1, 1, 1), width=2), num_classes=2)
     head = teacher.get_layer("head")
     head.kernel.assign(np.random.default_rng(5).normal(size=head.kernel.shape).astype("float32"))
