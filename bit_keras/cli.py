@@ -7,6 +7,7 @@
     bit-keras distill --dataset oxford_iiit_pet --teacher pets-r152x2.keras --student BiT-M-R50x1
     bit-keras reproduce vtab1k --variant BiT-M-R50x1     # the published tables: vtab1k, fewshot, paper
     bit-keras export --variant BiT-M-R50x1 --weights BiT-M-R50x1.npz --out exported/m-r50x1
+    bit-keras export --weights finetuned.keras --flavor classification --format onnx --out model.onnx
 
 `bit-keras <command> --help` lists each command's flags. `finetune`,
 `pretrain` and `distill` end with one result line (dataset, variant, steps,
@@ -119,7 +120,8 @@ def build_parser():
     reproduce_parser.set_defaults(run=run_reproduce)
 
     export_parser = commands.add_parser(
-        "export", help="write a BiT model as a TF-Hub-format SavedModel (as python -m hub_export)"
+        "export",
+        help="write a BiT model as a TF-Hub-format SavedModel, or --format saved_model/onnx/litert/openvino (as python -m hub_export)",
     )
     hub_export_cli.add_arguments(export_parser)
     export_parser.set_defaults(run=lambda args: hub_export_cli.run(hub_export_cli.check_args(export_parser, args)))

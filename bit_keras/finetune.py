@@ -96,6 +96,7 @@ class BiTFineTuner:
         self.num_classes = None if num_classes is None else arguments.positive_int("num_classes", num_classes)
         self.model = self._build(model_or_variant, weights)
         self._compiled_schedule = None
+        self._kept_fold = None  # (model, its compile config, the folded copy) of the last predict or evaluate
 
     @property
     def batch_size(self):
@@ -244,7 +245,7 @@ class BiTFineTuner:
     def evaluate(self, data_source, verbose="auto"):
         """Loss and accuracy on `data_source` at the HyperRule's crop size, as a dict.
 
-        Runs on a folded copy of the model (see `bit_keras.fold`), made for
+        Runs on a folded copy of the model (see `bit_keras.fold`), folded for
         this call from the current weights, with the model's loss and metrics.
         """
         source = self._source(data_source)
@@ -256,7 +257,7 @@ class BiTFineTuner:
     def predict(self, images, verbose=0):
         """Logits for images with pixels in [0, 255] (N, H, W, 3), resized to the crop size.
 
-        Runs on a folded copy of the model (see `bit_keras.fold`), made for
+        Runs on a folded copy of the model (see `bit_keras.fold`), folded for
         this call from the current weights.
         """
         images = np.asarray(images)
@@ -287,17 +288,22 @@ class BiTFineTuner:
 
         The weights cannot change during one `predict` or `evaluate`, so the
         standardised kernels are computed once for the call instead of on
-        every batch. A new copy for every call: none is kept, so none can
-        hold weights that a later update has changed. Call under `engine.scope()`,
-        where the copy's variables and traced steps belong.
+        every batch. Every call folds from the weights as they are then; the
+        copy of the last call is refolded in place (`fold(model, into=)`) so
+        its traced steps are reused, unless the model or its compile
+        settings changed since. The copy holds a second set of the weights.
+        Call under `engine.scope()`, where the copy's variables and traced
+        steps belong.
         """
+        # The same loss, metrics and jit_compile; not the optimizer, which only training uses.
+        compiled = {key: value for key, value in self.model.get_compile_config().items() if key != "optimizer"}
+        if self._kept_fold and self._kept_fold[0] is self.model and self._kept_fold[1] == compiled:
+            return fold(self.model, into=self._kept_fold[2])
         folded = fold(self.model)
         folded.trainable = False  # nothing to train: `evaluate` then builds its optimizer with no variables
-        compiled = self.model.get_compile_config()  # {} before the first `fit` or `evaluate`
-        if compiled:
-            # The same loss, metrics and jit_compile; not the optimizer, which only training uses.
-            settings = {key: value for key, value in compiled.items() if key != "optimizer"}
-            folded.compile(**keras.saving.deserialize_keras_object(settings))
+        if compiled:  # {} before the first `fit` or `evaluate`
+            folded.compile(**keras.saving.deserialize_keras_object(compiled))
+        self._kept_fold = (self.model, compiled, folded)
         return folded
 
     def _build(self, model_or_variant, weights):

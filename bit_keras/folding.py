@@ -12,7 +12,7 @@ import keras
 from bit_keras.layers import StandardizedConv2D
 
 
-def fold(model):
+def fold(model, into=None):
     """A copy of `model` in which every `StandardizedConv2D` is a plain `keras.layers.Conv2D`.
 
     Each convolution of the copy holds its original's standardised kernel,
@@ -27,10 +27,16 @@ def fold(model):
     after any weight update; training the copy would train a model without
     weight standardisation. The copy is not compiled.
 
+    To fold again after an update, pass the earlier copy as `into`: its
+    weights are overwritten from `model` as they are now and it is returned,
+    so whatever Keras traced for it (its `predict` and `evaluate` steps) is
+    kept instead of traced again for a new model.
+
     Args:
         model: a functional or `Sequential` `keras.Model` that contains
             `StandardizedConv2D` layers, e.g. a `bit_keras.BiT` or a model
             built around one.
+        into: None for a new copy, or an earlier `fold(model)` to refresh in place.
 
     Returns:
         The folded `keras.Model`, of the same class, name and outputs.
@@ -43,6 +49,13 @@ def fold(model):
     >>> type(folded.get_layer("root_conv")).__name__, type(model.get_layer("root_conv")).__name__
     ('Conv2D', 'StandardizedConv2D')
     >>> images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+    >>> features, expected = folded.predict(images, verbose=0), model.predict(images, verbose=0)
+    >>> bool(np.abs(features - expected).max() <= 1e-6 * np.abs(expected).max())
+    True
+    >>> kernel = model.get_layer("root_conv").kernel  # an update, then the copy refolded in place:
+    >>> _ = kernel.assign(np.random.default_rng(1).normal(size=kernel.shape).astype("float32"))
+    >>> bit_keras.fold(model, into=folded) is folded
+    True
     >>> features, expected = folded.predict(images, verbose=0), model.predict(images, verbose=0)
     >>> bool(np.abs(features - expected).max() <= 1e-6 * np.abs(expected).max())
     True
@@ -65,6 +78,10 @@ def fold(model):
             f"fold(model): model must contain StandardizedConv2D layers (a bit_keras.BiT, or a model built around "
             f"one); {model.name!r} has none, so there is nothing to fold."
         )
+    if into is not None:
+        _check_fold_of(model, into)
+        _copy_state(model, into)
+        return into
     _fold_config(model, config)
     # Layer classes of the model's own (a wrapper's, say) need not be registered with Keras.
     classes = {type(layer).__name__: type(layer) for layer in layers if not type(layer).__module__.startswith("keras.")}
@@ -91,6 +108,27 @@ def _walk(model):
         yield layer
         if isinstance(layer, keras.Model) and _graph_config(layer) is not None:
             yield from _walk(layer)
+
+
+def _check_fold_of(model, into):
+    """Refuses an `into` that is not a fold of `model`: its layers must be `model`'s, convolutions plain."""
+
+    def layout(network, folded):
+        return [
+            (
+                layer.name,
+                "Conv2D" if folded and isinstance(layer, StandardizedConv2D) else type(layer).__name__,
+                tuple(tuple(w.shape) for w in layer.weights),
+            )
+            for layer in _walk(network)
+        ]
+
+    if not isinstance(into, keras.Model) or layout(model, True) != layout(into, False):
+        raise ValueError(
+            f"fold(model, into=...): into must be a copy returned by fold(model) for this model {model.name!r} "
+            f"(the same layers, with plain Conv2D convolutions); got {getattr(into, 'name', type(into).__qualname__)!r}. "
+            f"Call fold(model) for a new copy."
+        )
 
 
 def _fold_config(model, config):

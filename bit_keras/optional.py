@@ -2,7 +2,8 @@
 
 TensorFlow is one of them for the backend-agnostic core (see `bit_keras/__init__.py`);
 torch, safetensors, huggingface_hub and kagglehub are needed only by the weight
-families and release names that use them.
+families and release names that use them; onnx, tf2onnx, onnxruntime,
+ai-edge-litert and openvino only by the deployment exports (`hub_export.export_format`).
 
 >>> require("json", "json").dumps([1])
 '[1]'
@@ -15,6 +16,12 @@ INSTALL = {
     "torch": "pip install torch  (or pip install 'bit-keras[torch]')",
     "huggingface_hub": "pip install huggingface_hub  (or pip install 'bit-keras[families]')",
     "kagglehub": "pip install kagglehub  (or pip install 'bit-keras[families]')",
+    # The deployment formats' converters and runtimes (hub_export.export_format, run_exported).
+    "onnx": 'pip install "bit-keras[deploy]"  (or pip install onnx)',
+    "tf2onnx": 'pip install "bit-keras[deploy]"  (or pip install tf2onnx)',
+    "onnxruntime": 'pip install "bit-keras[deploy]"  (or pip install onnxruntime)',
+    "ai-edge-litert": 'pip install "bit-keras[deploy]"  (or pip install ai-edge-litert)',
+    "openvino": 'pip install "bit-keras[deploy]"  (or pip install openvino)',
 }
 
 

@@ -7,6 +7,11 @@ module as a Keras 3 layer that fine-tunes; `bit_keras.BiT(variant,
 weights=path)` turns it back into a bit_keras model. The command line is
 `python -m hub_export --help`.
 
+`export_format` writes the deployment formats through Keras' own exporter: a
+plain SavedModel, ONNX, LiteRT or OpenVINO (`hub_export.deploy`; the
+converters and runtimes are the `deploy` extra), and `run_exported` runs
+such a file with its runtime.
+
 Example:
 
 >>> import bit_keras, hub_export, os, tempfile
@@ -21,6 +26,7 @@ Example:
 import bit_keras  # noqa: I001
 
 bit_keras.optional.tensorflow("hub_export (TF-Hub-format SavedModels)")
+from hub_export.deploy import FORMATS, OPENVINO_CONFIG, export_format, run_exported
 from hub_export.exporter import FLAVORS, export
 from hub_export.loader import HubModuleLayer, load
 from hub_export.metadata import read_metadata

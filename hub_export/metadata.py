@@ -21,10 +21,13 @@ def write_metadata(folder, record):
 
 
 def read_metadata(path):
-    """The record `hub_export.export` wrote into the SavedModel at `path`.
+    """The record `hub_export.export` (or `export_format`) wrote into the export at `path`.
 
     Keys: `bit_keras_version`, `variant`, `flavor`, `input_range`, `output`
-    (the `serving_default` output name), `output_size` and `parameters`.
+    (the `serving_default` output name), `output_size` and `parameters`;
+    an `export_format` record adds `format`, `input`, `input_shape` and
+    `input_dtype` (and `compile_config` for OpenVINO). A .onnx, .tflite or
+    .xml file holds its record inside (see `hub_export.deploy`).
 
     Example:
 
@@ -35,6 +38,10 @@ def read_metadata(path):
     [0.0, 1.0]
     """
     path = os.fspath(path)
+    if os.path.isfile(path):
+        from hub_export.deploy import read_file_metadata  # it imports this module
+
+        return read_file_metadata(path)
     target = os.path.join(path, METADATA_PATH)
     if not os.path.isfile(target):
         raise ValueError(

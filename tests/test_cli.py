@@ -106,7 +106,17 @@ HELP_FLAGS = {
         "--checkpoint_dir",
         "--save",
     ],
-    "export": ["--weights", "--variant", "--flavor", "--out", "--num_classes", "--input_range", "--overwrite"],
+    "export": [
+        "--weights",
+        "--variant",
+        "--flavor",
+        "--format",
+        "--out",
+        "--num_classes",
+        "--input_range",
+        "--image_size",
+        "--overwrite",
+    ],
 }
 
 

@@ -145,6 +145,28 @@ def test_what_cannot_be_folded_is_refused_by_name():
         bit_keras.fold(_Subclassed())
 
 
+def test_folding_into_an_earlier_copy_refreshes_it_in_place():
+    model = randomised(bit_keras.BiT(TINY, num_classes=5), seed=9)
+    folded = bit_keras.fold(model)
+    x = images()
+    first = folded.predict(x, verbose=0)
+    variables = [id(v) for v in folded.weights]
+    randomised(model, seed=10)  # every weight changes, GroupNorm's and the head's too
+    assert bit_keras.fold(model, into=folded) is folded
+    assert [id(v) for v in folded.weights] == variables
+    refreshed = folded.predict(x, verbose=0)
+    assert np.abs(refreshed - first).max() > 1e-2 * np.abs(first).max()
+    assert_same_logits(refreshed, model.predict(x, verbose=0))
+
+
+def test_folding_into_what_is_not_a_fold_of_the_model_is_refused():
+    model = bit_keras.BiT(TINY, num_classes=5)
+    others = [model, bit_keras.fold(bit_keras.BiT(TINY, num_classes=3)), bit_keras.fold(bit_keras.BiT("R1-1-1-1x2", num_classes=5))]
+    for other in [*others, "folded"]:
+        with pytest.raises(ValueError, match=r"into must be a copy returned by fold\(model\) for this model"):
+            bit_keras.fold(model, into=other)
+
+
 # ------------------------------------------------------------------ the fine-tuner's inference
 
 
@@ -160,8 +182,8 @@ def folds(monkeypatch):
     """The fine-tuner's calls of `fold`: the model given and the copy returned, in order."""
     calls = []
 
-    def recording(model):
-        folded = bit_keras.fold(model)
+    def recording(model, into=None):
+        folded = bit_keras.fold(model, into=into)
         calls.append((model, folded))
         return folded
 
@@ -184,7 +206,7 @@ def test_predict_folds_on_every_call_and_follows_every_weight_update(folds):
     conv = t.model.get_layer("block1_unit01_b_conv")
     conv.kernel.assign(np.random.default_rng(6).normal(size=conv.kernel.shape).astype("float32"))
     second = t.predict(pixels)
-    assert len(folds) == 2
+    assert len(folds) == 2 and folds[1][1] is folds[0][1]  # the first call's copy, folded again in place
     assert np.abs(second - first).max() > 1e-2 * np.abs(first).max()
     assert_same_logits(second, unfolded_predict(t, pixels))
 
@@ -195,7 +217,7 @@ def test_predict_after_an_optimizer_step_sees_the_step(folds, capsys):
     before = t.predict(pixels)
     t.fit((pixels, labels), verbose=0)
     after = t.predict(pixels)
-    assert len(folds) == 2
+    assert len(folds) == 2 and folds[1][1] is not folds[0][1]  # `fit` compiled the model: a new copy, compiled alike
     assert np.abs(after - before).max() > 1e-4 * np.abs(before).max()
     assert_same_logits(after, unfolded_predict(t, pixels))
 

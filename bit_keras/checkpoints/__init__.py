@@ -64,4 +64,5 @@ from bit_keras.checkpoints.writing import (
     save_official,
     save_timm,
     save_transformers,
+    scratch_folder,
 )

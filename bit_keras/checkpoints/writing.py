@@ -155,6 +155,34 @@ def atomic_folder(path, overwrite=False):
         _remove(previous)
 
 
+@contextlib.contextmanager
+def scratch_folder(path):
+    """Yields a temporary folder beside `path` for a writer's intermediate files; removed at exit.
+
+    Named as the atomic writes' temporaries are, so one left by a killed
+    writer is removed by the next write into the same folder. Whatever is
+    meant to last is moved out of it (e.g. into an `atomic_file`) before the
+    body ends; a rename within one file system, never a copy.
+
+    >>> import os, tempfile
+    >>> target = os.path.join(tempfile.mkdtemp(), "m.onnx")
+    >>> with scratch_folder(target) as stage:
+    ...     os.path.dirname(stage) == os.path.dirname(target)
+    True
+    >>> os.listdir(os.path.dirname(target))
+    []
+    """
+    _, tmp = _prepare(path, overwrite=True)
+    try:
+        os.mkdir(tmp, 0o777)
+    except OSError as error:
+        raise OSError(f"Cannot write {path}: {error.strerror or error}. Choose a writable folder.") from None
+    try:
+        yield tmp
+    finally:
+        _remove(tmp)
+
+
 # ----------------------------------------------------------------- the writers
 
 
