@@ -17,12 +17,12 @@ One training step is forward, soft-label cross-entropy, backward and an SGD
     bit_keras/tf-gn-onepass  the default with GroupNorm's variance taken in one pass, E[x^2] - E[x]^2,
                           instead of the centred two passes (only when named in --contenders): what
                           the accurate variance costs
-    bit_keras/tf-folded   inference only: `bit_keras.fold(model)` (weight standardisation computed
-                          once, into plain convolutions, as `BiTFineTuner.predict` and `evaluate`
-                          run), compiled with the defaults; the time it takes to fold is in its
-                          description
-    bit_keras/tf-folded-xla  the same, compiled with `jit_compile=True`, as the fine-tuner compiles runs of
-                          100 updates or more (only when named in --contenders)
+    bit_keras/tf-folded   inference only, what `BiTFineTuner.predict` and `evaluate` run:
+                          `bit_keras.fold(model)` (weight standardisation computed once, into plain
+                          convolutions), compiled with `jit_compile=True`; the time it takes to
+                          fold is in its description
+    bit_keras/tf-folded-noxla  the same, compiled with the defaults (XLA off on the CPU; GroupNorm's
+                          per-layer clusters), only when named in --contenders
     bit_keras/jax         JAX backend, `train_on_batch` / `predict_on_batch` (the
                           step `model.fit` runs) on device-resident batches
     bit_keras/jax-stateless  JAX backend, a jitted `stateless_call` +
@@ -84,8 +84,8 @@ CONTENDERS = {
     "bit_keras/tf-unfused": ("bit_keras", "tensorflow", {"unfused": True}),
     "bit_keras/tf-floor": ("bit_keras", "tensorflow", {"floor": True}),
     "bit_keras/tf-gn-onepass": ("bit_keras", "tensorflow", {"gn_onepass": True}),
-    "bit_keras/tf-folded": ("bit_keras", "tensorflow", {"folded": True}),
-    "bit_keras/tf-folded-xla": ("bit_keras", "tensorflow", {"folded": True, "jit_compile": True}),
+    "bit_keras/tf-folded": ("bit_keras", "tensorflow", {"folded": True, "jit_compile": True}),
+    "bit_keras/tf-folded-noxla": ("bit_keras", "tensorflow", {"folded": True}),
     "bit_keras/jax": ("bit_keras", "jax", {}),
     "bit_keras/jax-stateless": ("bit_keras", "jax", {"stateless": True}),
     "timm/eager": ("timm", None, {}),
@@ -97,11 +97,11 @@ DIAGNOSTIC_CONTENDERS = (
     "bit_keras/tf-unfused",
     "bit_keras/tf-floor",
     "bit_keras/tf-gn-onepass",
-    "bit_keras/tf-folded-xla",
+    "bit_keras/tf-folded-noxla",
 )
 DEFAULT_CONTENDERS = [name for name in CONTENDERS if name not in DIAGNOSTIC_CONTENDERS]
 PEERS = ("timm/eager", "timm/compile", "keras/resnet50v2")
-INFERENCE_ONLY = ("bit_keras/tf-folded", "bit_keras/tf-folded-xla")  # no training step: a folded model is not a BiT to train
+INFERENCE_ONLY = ("bit_keras/tf-folded", "bit_keras/tf-folded-noxla")  # no training step: a folded model is not a BiT to train
 MODES = ("infer", "train")
 PREFIX = "@@BENCH "
 LEARNING_RATE = 1e-3

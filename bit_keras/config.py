@@ -293,6 +293,15 @@ def fingerprint(*configs):
     return merged
 
 
+def fingerprint_differences(recorded, expected):
+    """Where a recorded fingerprint differs from `expected`, one "name=old there, new now" per field.
+
+    >>> fingerprint_differences({"seed": 0, "steps": 10}, {"seed": 0, "steps": 20})
+    ['steps=10 there, 20 now']
+    """
+    return [f"{key}={recorded.get(key)!r} there, {value!r} now" for key, value in expected.items() if recorded.get(key) != value]
+
+
 def add_flags(parser, config_class, skip=(), **defaults):
     """One `--name` flag per field of `config_class` but those in `skip`, with its help; `defaults` overrides defaults."""
     for field in dataclasses.fields(config_class):

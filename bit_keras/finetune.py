@@ -284,25 +284,30 @@ class BiTFineTuner:
     # ------------------------------------------------------------------ internals
 
     def _folded(self):
-        """The model folded (`bit_keras.fold`) from its current weights, compiled as the model is, for one call.
+        """The model folded (`bit_keras.fold`) from its current weights, compiled for inference, for one call.
 
         The weights cannot change during one `predict` or `evaluate`, so the
         standardised kernels are computed once for the call instead of on
-        every batch. Every call folds from the weights as they are then; the
-        copy of the last call is refolded in place (`fold(model, into=)`) so
-        its traced steps are reused, unless the model or its compile
-        settings changed since. The copy holds a second set of the weights.
-        Call under `engine.scope()`, where the copy's variables and traced
-        steps belong.
+        every batch. The copy has the model's loss and metrics and, except
+        under torch, `jit_compile=True`. Every call folds from the weights as
+        they are then; the copy of the last call is refolded in place
+        (`fold(model, into=)`) so its traced steps are reused, unless the
+        model or its compile settings changed since. The copy holds a second
+        set of the weights. Call under `engine.scope()`, where the copy's
+        variables and traced steps belong.
         """
-        # The same loss, metrics and jit_compile; not the optimizer, which only training uses.
+        # The same loss and metrics; not the optimizer, which only training uses.
         compiled = {key: value for key, value in self.model.get_compile_config().items() if key != "optimizer"}
         if self._kept_fold and self._kept_fold[0] is self.model and self._kept_fold[1] == compiled:
             return fold(self.model, into=self._kept_fold[2])
         folded = fold(self.model)
         folded.trainable = False  # nothing to train: `evaluate` then builds its optimizer with no variables
-        if compiled:  # {} before the first `fit` or `evaluate`
-            folded.compile(**keras.saving.deserialize_keras_object(compiled))
+        settings = keras.saving.deserialize_keras_object(compiled) if compiled else {}  # {} before `fit` or `evaluate`
+        if keras.backend.backend() != "torch":
+            # One XLA program for the whole forward pass: on TensorFlow it compiles faster than the per-layer
+            # GroupNorm clusters and runs faster (docs/performance.md); torch's would be `torch.compile`.
+            settings["jit_compile"] = True
+        folded.compile(**settings)
         self._kept_fold = (self.model, compiled, folded)
         return folded
 

@@ -161,7 +161,11 @@ def test_folding_into_an_earlier_copy_refreshes_it_in_place():
 
 def test_folding_into_what_is_not_a_fold_of_the_model_is_refused():
     model = bit_keras.BiT(TINY, num_classes=5)
-    others = [model, bit_keras.fold(bit_keras.BiT(TINY, num_classes=3)), bit_keras.fold(bit_keras.BiT("R1-1-1-1x2", num_classes=5))]
+    others = [
+        model,
+        bit_keras.fold(bit_keras.BiT(TINY, num_classes=3)),
+        bit_keras.fold(bit_keras.BiT("R1-1-1-1x2", num_classes=5)),
+    ]
     for other in [*others, "folded"]:
         with pytest.raises(ValueError, match=r"into must be a copy returned by fold\(model\) for this model"):
             bit_keras.fold(model, into=other)
@@ -201,6 +205,7 @@ def test_predict_folds_on_every_call_and_follows_every_weight_update(folds):
     pixels, _ = colour_task(6)
     first = t.predict(pixels)
     assert len(folds) == 1 and folds[0][0] is t.model
+    assert folds[0][1].jit_compile == (keras.backend.backend() != "torch")  # one XLA program for inference
     assert_same_logits(first, unfolded_predict(t, pixels))
     # A new convolution kernel: a folded model kept from the first call would still hold the old one.
     conv = t.model.get_layer("block1_unit01_b_conv")

@@ -153,11 +153,7 @@ class _Context:
         except (OSError, ValueError) as error:
             raise ValueError(f"{self.path(task, k)} is unreadable ({error}); delete it to run {task.name} again.") from None
         expected = self.fingerprint(task, k)
-        differences = [
-            f"{key}={record['settings'].get(key)!r} there, {value!r} now"
-            for key, value in expected.items()
-            if record["settings"].get(key) != value
-        ]
+        differences = config.fingerprint_differences(record["settings"], expected)
         if differences:
             raise ValueError(
                 f"{self.path(task, k)} holds a result of other settings ({'; '.join(differences)}). Pass another --out, "

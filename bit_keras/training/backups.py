@@ -16,7 +16,7 @@ import tempfile
 
 import keras
 
-from bit_keras import checkpoints, distribute
+from bit_keras import checkpoints, config, distribute
 
 BACKUP_FOLDER = "backup"
 BEST_MODEL = "best.keras"
@@ -145,11 +145,7 @@ class Backups:
             return None
         path = os.path.join(self.folder, names[-1])
         record = self._read(path, names)
-        differences = [
-            f"{key}={record['fingerprint'].get(key)!r} there, {value!r} now"
-            for key, value in fingerprint.items()
-            if record["fingerprint"].get(key) != value
-        ]
+        differences = config.fingerprint_differences(record["fingerprint"], fingerprint)
         if differences:
             raise ValueError(
                 f"The backup {path} is of another run: {'; '.join(differences)}. "
