@@ -40,7 +40,7 @@ import bit_keras
 from bit_keras import checkpoints, preprocess, resnet
 from bit_keras.optional import require
 from hub_export._backend import require_tensorflow
-from hub_export.exporter import OUTPUT_NAMES, _check_input_range, _network, _variant_name
+from hub_export.exporter import OUTPUT_NAMES, _check_input_range, _class_names, _network, _variant_name
 from hub_export.metadata import write_metadata
 
 # Our format name -> Keras' `model.export(format=...)` name.
@@ -132,7 +132,7 @@ def export_format(model, path, format="onnx", *, flavor=None, input_range=(0, 1)
     if format == "openvino":
         checkpoints.refuse_existing(openvino_bin(path), overwrite)
 
-    model = _deployable(model)
+    original, model = model, _deployable(model)  # the fold does not carry `model.class_names`
     flavor = flavor or ("classification" if _has_head(model) else "feature_vector")
     if flavor not in OUTPUT_NAMES:
         raise ValueError(f"flavor must be one of {tuple(OUTPUT_NAMES)}, got {flavor!r}.")
@@ -153,6 +153,7 @@ def export_format(model, path, format="onnx", *, flavor=None, input_range=(0, 1)
             "output": OUTPUT_NAMES[flavor],
             "output_size": int(serving.output[OUTPUT_NAMES[flavor]].shape[-1]),
             "parameters": int(sum(np.prod(v.shape) for v in serving.weights)),
+            **_class_names(original, flavor),
         }
         if format == "openvino":
             record["compile_config"] = dict(OPENVINO_CONFIG)

@@ -95,6 +95,7 @@ def _export(model, path, flavor, low, high, overwrite):
         "output": OUTPUT_NAMES[flavor],
         "output_size": int(network.output.shape[-1]),
         "parameters": int(sum(np.prod(v.shape) for v in variables.values())),
+        **_class_names(model, flavor),
     }
     with checkpoints.atomic_folder(path, overwrite) as folder:
         archive.write_out(folder, verbose=False)
@@ -193,6 +194,15 @@ def _archive(call, variables, output_name):
     # Part of the reusable SavedModel API; BiT trains without weight decay, so it is empty.
     archive.add_variable_collection("regularization_losses", [])
     return archive
+
+
+def _class_names(model, flavor):
+    """{"class_names": [...]} of a classification export whose model has one name per logit, else {}."""
+    names = getattr(model, "class_names", None)
+    head = [layer for layer in model.layers if layer.name == resnet.HEAD_LAYER]
+    if flavor != "classification" or not names or not head or len(names) != head[0].units:
+        return {}
+    return {"class_names": [str(name) for name in names]}
 
 
 def _variant_name(model):

@@ -8,7 +8,7 @@ there), so the record never changes what `tf.saved_model.load` sees.
 import json
 import os
 
-METADATA_PATH = os.path.join("assets.extra", "bit_keras.json")
+from bit_keras.checkpoints import EXPORT_RECORD_PATH as METADATA_PATH
 
 
 def write_metadata(folder, record):
@@ -24,7 +24,10 @@ def read_metadata(path):
     """The record `hub_export.export` (or `export_format`) wrote into the export at `path`.
 
     Keys: `bit_keras_version`, `variant`, `flavor`, `input_range`, `output`
-    (the `serving_default` output name), `output_size` and `parameters`;
+    (the `serving_default` output name), `output_size` and `parameters`,
+    and `class_names` where the model had them (`model.class_names`; a
+    classification export only, and `bit_keras.BiT(weights=folder)` reads
+    them back);
     an `export_format` record adds `format`, `input`, `input_shape` and
     `input_dtype` (and `compile_config` for OpenVINO). A .onnx, .tflite or
     .xml file holds its record inside (see `hub_export.deploy`).

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 import transformers
+from conftest import requires_tensorflow
 from reference import random_state
 
 import bit_keras
@@ -246,3 +247,26 @@ def test_which_release_names_have_imagenet_heads():
         assert has(name), name
     for name in ("BiT-M-R50x1-run0-dtd", "someone/bit-50", "kaggle:someone/bit/tensorFlow2/m-r50x1", "BiT-L-R50x1"):
         assert not has(name), name
+
+
+@requires_tensorflow
+def test_the_tuner_names_the_head_and_an_export_keeps_the_names(tmp_path):
+    from toy_data import colour_task
+
+    import hub_export
+
+    pixels, labels_ = colour_task(16)
+    source = bit_keras.data.as_source((pixels, labels_), 2)
+    named = bit_keras.data.Source(source.dataset, source.num_examples, 2, ["red", "blue"])
+    tuner = bit_keras.BiTFineTuner(bit_keras.Variant(TINY), weights=None, num_classes=2, batch_size=8, steps=1, sizes=(16, 12))
+    assert tuner.model.class_names is None
+    tuner.fit(source, verbose=0)  # a source without names leaves the model without
+    assert tuner.model.class_names is None
+    tuner.fit(named, verbose=0)
+    assert tuner.model.class_names == ("red", "blue")
+    record = hub_export.export(tuner.model, tmp_path / "classifier", flavor="classification")
+    assert record["class_names"] == ["red", "blue"] == hub_export.read_metadata(tmp_path / "classifier")["class_names"]
+    assert bit_keras.BiT("auto", weights=str(tmp_path / "classifier")).class_names == ("red", "blue")
+    assert bit_keras.BiT("auto", weights=str(tmp_path / "classifier"), num_classes=3).class_names is None  # a new head
+    # Features carry no class names.
+    assert "class_names" not in hub_export.export(tuner.model, tmp_path / "features", flavor="feature_vector")

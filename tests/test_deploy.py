@@ -32,9 +32,13 @@ FILES = {"saved_model": "model", "onnx": "model.onnx", "litert": "model.tflite",
 TOLERANCE = 1e-4  # of the largest |logit|, float32
 
 
+NAMES = ("cat", "dog", "fish", "bird", "frog")
+
+
 def tiny_model(state):
     model = bit_keras.BiT(TINY, num_classes=CLASSES)
     checkpoints.load_state(model, state)
+    model.class_names = NAMES  # as the fine-tuner sets them
     return model
 
 
@@ -113,6 +117,7 @@ def test_metadata_states_the_input_inside_the_export(exported):
         "output_size": CLASSES,
         "flavor": "classification",
         "variant": "R1-1-1-1x1",
+        "class_names": list(NAMES),
     }
     assert {key: record[key] for key in expected} == expected
     assert hub_export.read_metadata(path) == record
@@ -183,7 +188,7 @@ def test_input_range_image_size_and_feature_vector(state, tmp_path):
         tiny_model(state), path, "litert", flavor="feature_vector", input_range=(0, 255), image_size=(48, 64)
     )
     assert record["input_shape"] == [None, 48, 64, 3] and record["input_range"] == [0.0, 255.0]
-    assert record["output"] == "feature_vector" and record["output_size"] == 2048
+    assert record["output"] == "feature_vector" and record["output_size"] == 2048 and "class_names" not in record
 
     from ai_edge_litert.interpreter import Interpreter
 

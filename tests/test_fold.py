@@ -270,7 +270,8 @@ def test_predict_and_evaluate_fold_under_the_strategy_and_the_mixed_policy(folds
     logits = t.predict(pixels)
     with t.engine.scope():
         expected = unfolded_predict(t, pixels)
-    assert np.abs(logits - expected).max() <= 1e-3 * np.abs(expected).max()
+    # The copy runs as one XLA program, whose fusions round bfloat16 differently: about a bfloat16 step (2^-8 to 2^-7).
+    assert np.abs(logits - expected).max() <= 1e-2 * np.abs(expected).max()
     assert set(t.evaluate((pixels, labels), verbose=0)) == {"loss", "accuracy"}
     assert len(folds) == 2
     for _, folded in folds:

@@ -13,6 +13,7 @@ Families: "official" (.npz, the TF2 .h5, TF-Hub / Kaggle SavedModels),
 """
 
 from bit_keras.checkpoints.formats import (
+    EXPORT_RECORD_PATH,
     Weights,
     load_keras,
     read_checkpoint,

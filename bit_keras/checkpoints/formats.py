@@ -29,6 +29,9 @@ from bit_keras.checkpoints.mapping import (
 from bit_keras.optional import require
 from bit_keras.resnet import build_resnet
 
+# Where `hub_export` records what an exported SavedModel is (its input range, class names, ...).
+EXPORT_RECORD_PATH = os.path.join("assets.extra", "bit_keras.json")
+
 
 @dataclasses.dataclass
 class Weights:
@@ -41,7 +44,8 @@ class Weights:
         source: the path or name read, for messages.
         class_names: the head's class names when the source says them
             (transformers' id2label; the ImageNet names for a release name
-            with a 1000 / 21843-class head, see `bit_keras.labels`), else None.
+            with a 1000 / 21843-class head, see `bit_keras.labels`; those a
+            `hub_export` SavedModel recorded), else None.
     """
 
     state: dict
@@ -461,7 +465,17 @@ def read_folder(path):
     if os.path.isfile(os.path.join(path, "config.json")) and not os.path.isfile(os.path.join(path, "saved_model.pb")):
         state, names = read_transformers(path)
         return Weights(state, "transformers", path, names)
-    return Weights(read_saved_model(path), "official", path)
+    return Weights(read_saved_model(path), "official", path, _exported_class_names(path))
+
+
+def _exported_class_names(folder):
+    """The class names `hub_export` recorded in a SavedModel folder, or None (TF Hub's modules record none)."""
+    try:
+        with open(os.path.join(folder, EXPORT_RECORD_PATH)) as f:
+            names = json.load(f).get("class_names")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return list(names) if isinstance(names, list) and all(isinstance(name, str) for name in names) else None
 
 
 def read_checkpoint(path):
