@@ -12,6 +12,7 @@ Traceback (most recent call last):
 ValueError: steps must be a positive integer, got 1.5.
 """
 
+import argparse
 import math
 import numbers
 
@@ -80,3 +81,20 @@ def sizes(value, name="sizes"):
             f"{name}: the crop ({crop}) must not exceed the resize ({resize}); the crop is taken from the resized image."
         )
     return resize, crop
+
+
+def comma_pair(kind, name):
+    """An argparse `type` reading the flag `--name` as two `kind` values separated by a comma.
+
+    >>> comma_pair(int, "image_size")("224,160")
+    (224, 160)
+    """
+
+    def parse(text):
+        try:
+            first, second = (kind(value) for value in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{name} takes two numbers separated by a comma; got {text!r}.") from None
+        return first, second
+
+    return parse

@@ -35,17 +35,6 @@ def setting(default, help, *, resumes=True, parse=None, choices=None):
     return dataclasses.field(default=default, metadata={"help": help, "resumes": resumes, "parse": parse, "choices": choices})
 
 
-def _pair(kind, name):
-    def parse(text):
-        try:
-            first, second = (kind(value) for value in text.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"--{name} takes two numbers separated by a comma; got {text!r}.") from None
-        return first, second
-
-    return parse
-
-
 def _jit_compile(text):
     values = {"auto": "auto", "true": True, "false": False}
     if text.lower() not in values:
@@ -99,7 +88,7 @@ class FineTuneRecipe:
     base_lr: float = setting(None, "peak LR used as given at any batch (as the official --base_lr); default 0.003 x batch/512")
     rule: str = setting("paper", "resolutions: paper (448->384 for large images) or official (512->480)", choices=RULES)
     steps: int = setting(None, "override the HyperRule's number of steps (warm-up and decays scale with it)")
-    sizes: tuple = setting(None, "override the HyperRule's resize,crop, e.g. 40,32", parse=_pair(int, "sizes"))
+    sizes: tuple = setting(None, "override the HyperRule's resize,crop, e.g. 40,32", parse=arguments.comma_pair(int, "sizes"))
     flip: bool = setting(True, "random left-right flips (the official code's); off where a mirror image changes the label")
     random_crop: bool = setting(True, "random crops of the resized image; off resizes straight to the crop size")
     freeze: str = setting(None, "freeze this stage and all before it (head_only: train the head alone)", choices=FREEZE_POINTS)
@@ -129,7 +118,9 @@ class PretrainRecipe:
     epochs: float = setting(90, "epochs; the LR decays at 30/60/80 of 90 scale with them")
     steps: int = setting(None, "a number of updates instead of --epochs (quick runs)")
     image_size: int = setting(224, "training resolution (the recipe's 224)")
-    crop_area: tuple = setting((0.08, 1.0), "share of the image area an Inception crop covers", parse=_pair(float, "crop_area"))
+    crop_area: tuple = setting(
+        (0.08, 1.0), "share of the image area an Inception crop covers", parse=arguments.comma_pair(float, "crop_area")
+    )
     flip: bool = setting(True, "random left-right flips; off where a mirror image changes the label")
     loss: str = setting(
         "sigmoid", "sigmoid (the upstream recipe's, summed over classes) or softmax cross-entropy", choices=LOSSES
@@ -168,7 +159,9 @@ class DistillRecipe:
     base_lr: float = setting(None, "peak LR used as given at any batch; default 0.003 x batch/512")
     image_size: int = setting(224, "the student's resolution")
     teacher_size: int = setting(None, "the teacher's resolution (384 for the released R152x2_T_384 teachers); default image_size")
-    crop_area: tuple = setting((0.08, 1.0), "share of the image area an Inception crop covers", parse=_pair(float, "crop_area"))
+    crop_area: tuple = setting(
+        (0.08, 1.0), "share of the image area an Inception crop covers", parse=arguments.comma_pair(float, "crop_area")
+    )
     flip: bool = setting(True, "random left-right flips; off where a mirror image changes the label")
 
     def __post_init__(self):

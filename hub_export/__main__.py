@@ -15,7 +15,7 @@ import os
 import sys
 
 import bit_keras
-from bit_keras import _startup, checkpoints
+from bit_keras import _startup, arguments, checkpoints
 from hub_export import deploy
 
 # "tf_hub" (the default) is the reusable TF-Hub module of hub_export.export; the others are hub_export.export_format's.
@@ -52,10 +52,12 @@ def add_arguments(parser):
     parser.add_argument(
         "--input_range",
         default="0,1",
+        type=arguments.comma_pair(float, "input_range"),
         help="low,high of the images the module will take (default 0,1 as the TF-Hub BiT modules; 0,255 for pixels)",
     )
     parser.add_argument(
         "--image_size",
+        type=arguments.comma_pair(int, "image_size"),
         help="HEIGHT,WIDTH: fix the input's spatial size in a saved_model/onnx/litert/openvino export (any size by default)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder or file")
@@ -71,21 +73,9 @@ def check_args(parser, args):
         parser.error("--variant and --num_classes do not apply to a .keras file, which holds the whole model.")
     if args.num_classes and args.flavor != "classification":
         parser.error("--num_classes gives a new head, which only --flavor classification has.")
-    if isinstance(args.input_range, str):
-        try:
-            args.input_range = tuple(float(v) for v in args.input_range.split(","))
-        except ValueError:
-            parser.error(f"--input_range must be two numbers such as 0,1; got {args.input_range!r}.")
     fmt = args.format
     if args.image_size and fmt == "tf_hub":
         parser.error("--image_size applies to --format saved_model, onnx, litert and openvino; a TF-Hub module takes any size.")
-    if isinstance(args.image_size, str):
-        try:
-            args.image_size = tuple(int(v) for v in args.image_size.split(","))
-        except ValueError:
-            parser.error(f"--image_size must be HEIGHT,WIDTH such as 224,224; got {args.image_size!r}.")
-        if len(args.image_size) != 2:
-            parser.error(f"--image_size must be HEIGHT,WIDTH such as 224,224; got {args.image_size!r}.")
     suffix = deploy.SUFFIXES.get(fmt, "")
     if suffix and not args.out.endswith(suffix):
         parser.error(f"--format {fmt} writes a {suffix} file: --out must end with {suffix}, e.g. --out model{suffix}.")

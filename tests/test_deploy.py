@@ -315,4 +315,7 @@ def test_cli_checks_the_out_suffix_and_image_size(keras_file, tmp_path, capsys):
     with pytest.raises(SystemExit):
         bit_keras_cli.main([*base, "--image_size", "64,64", "--out", str(tmp_path / "hub")])
     assert "--image_size applies to --format" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bit_keras_cli.main([*base, "--format", "onnx", "--image_size", "64", "--out", str(tmp_path / "m.onnx")])
+    assert "--image_size takes two numbers separated by a comma; got '64'" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
