@@ -12,7 +12,7 @@ _fusion = {"enabled": True}
 
 @contextlib.contextmanager
 def unfused():
-    """Within it, layers traced by TensorFlow build plain graphs, with no XLA cluster.
+    """Within it, layers traced by TensorFlow build plain graphs, with no XLA cluster (see `_shared`).
 
     `hub_export` traces under it, so that an exported SavedModel runs wherever
     TensorFlow does, XLA or not.
@@ -32,28 +32,39 @@ def unfused():
         _fusion["enabled"] = before
 
 
-def _fused(function):
-    """`function`, compiled as one XLA cluster when Keras runs on TensorFlow.
+def _shared(function, *tensors, xla=True, **static):
+    """`function(*tensors, **static)`, run under TensorFlow as one function shared by every layer.
 
-    TensorFlow's graph executor runs every element-wise op as a kernel of its
-    own, one pass over memory each: GroupNorm's moments, scale and shift are
-    half a dozen such passes, which XLA fuses into two, while the
-    convolutions around them keep TensorFlow's oneDNN kernels (faster on a
-    CPU than XLA's own). `benchmarks/bench_step.py` measures the step with
-    and without it (`bit_keras/tf-unfused`). Under JAX, and inside a step
-    that XLA compiles whole, it changes nothing.
+    Every layer with the same `static` arguments calls the same
+    `tf.function`, so a process keeps one trace, one XLA executable and one
+    registered gradient per (function, static arguments, input shape), not
+    one per layer of every model it ever built: per-layer functions, and
+    `ops.custom_gradient` traced inline (TensorFlow registers each such
+    gradient globally, holding its graph), kept every model's graphs and
+    executables alive after `keras.backend.clear_session()`
+    (`benchmarks/bench_memory.py` measures it).
+
+    With `xla`, the function is compiled as one XLA cluster unless traced
+    under `unfused()`: TensorFlow's graph executor runs every element-wise op as a
+    kernel of its own, one pass over memory each, which XLA fuses, while
+    the convolutions around it keep TensorFlow's oneDNN kernels (faster on
+    a CPU than XLA's own). `benchmarks/bench_step.py` measures the step with
+    and without it (`bit_keras/tf-unfused`). Under JAX and PyTorch the
+    function runs inline; inside a step that XLA compiles whole, nothing
+    changes.
     """
     if keras.backend.backend() != "tensorflow":
-        return function
+        return function(*tensors, **static)
+    return _tensorflow_function(function, xla and _fusion["enabled"], **static)(*tensors)
+
+
+@functools.cache
+def _tensorflow_function(function, jit_compile, **static):
     import tensorflow as tf
 
-    compiled = tf.function(function, jit_compile=True, autograph=False, reduce_retracing=True)
-
-    @functools.wraps(function)
-    def call(*args):
-        return compiled(*args) if _fusion["enabled"] else function(*args)
-
-    return call
+    # reduce_retracing: one trace serves every batch and image size; what
+    # `static` fixes (a channel count, say) stays static in it.
+    return tf.function(functools.partial(function, **static), jit_compile=jit_compile, autograph=False, reduce_retracing=True)
 
 
 @keras.saving.register_keras_serializable(package="bit_keras")
@@ -88,7 +99,9 @@ class StandardizedConv2D(keras.layers.Conv2D):
 
     def standardized_kernel(self):
         """The kernel after weight standardisation, in float32."""
-        return _standardize(ops.cast(self.kernel, "float32"), self.epsilon)
+        # Plain TensorFlow ops, never a cluster of its own: `fold` computes
+        # the kernels the layer ran with, to the bit, however the step was traced.
+        return _shared(_standardize, ops.cast(self.kernel, "float32"), xla=False, epsilon=self.epsilon)
 
     def call(self, inputs):
         inputs = ops.cast(inputs, self.compute_dtype)
@@ -144,8 +157,9 @@ class GroupNormalization(keras.layers.Layer):
     centred activations (two passes, as Keras' own layer and PyTorch take it),
     so it keeps its digits when the mean is far larger than the spread, where
     E[x^2] - E[x]^2 in float32 would lose them.
-    Under TensorFlow the arithmetic runs as one XLA cluster per layer,
-    between TensorFlow's own convolutions; `unfused()` traces plain ops.
+    Under TensorFlow the arithmetic runs as one XLA cluster, shared by
+    every layer of its channel count, between TensorFlow's own
+    convolutions; `unfused()` traces plain ops.
 
     Args:
         groups: number of channel groups (BiT: 32); must divide the channels.
@@ -177,15 +191,13 @@ class GroupNormalization(keras.layers.Layer):
             )
         self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
         self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
-        # One compiled function per layer: its channel count never varies, so
-        # retracing for new batch or image sizes keeps the channels static.
-        self._normalize = _fused(functools.partial(_group_norm, groups=self.groups, epsilon=self.epsilon))
 
     def call(self, inputs):
         x = ops.cast(inputs, "float32")
         gamma = ops.cast(self.gamma, "float32")
         beta = ops.cast(self.beta, "float32")
-        return ops.cast(self._normalize(x, gamma, beta), self.compute_dtype)
+        normalized = _shared(_group_norm, x, gamma, beta, groups=self.groups, epsilon=self.epsilon, channels=x.shape[-1])
+        return ops.cast(normalized, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -194,12 +206,11 @@ class GroupNormalization(keras.layers.Layer):
         return {**super().get_config(), "groups": self.groups, "epsilon": self.epsilon}
 
 
-def _group_norm(x, gamma, beta, groups, epsilon):
-    channels = x.shape[-1]
+def _group_norm(x, gamma, beta, groups, epsilon, channels):
     shape = ops.shape(x)
     per_group = channels // groups
     grouped = ops.reshape(x, (shape[0], -1, groups, per_group))
-    # Under XLA (see `_fused`) the centring, both reductions and the scale and
+    # Under XLA (see `_shared`) the centring, both reductions and the scale and
     # shift fuse into passes over the activations, with nothing materialised.
     centered = grouped - ops.mean(grouped, axis=(1, 3), keepdims=True)
     variance = ops.mean(ops.square(centered), axis=(1, 3), keepdims=True)

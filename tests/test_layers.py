@@ -186,3 +186,43 @@ def test_weight_standardization_gradient_matches_finite_differences(epsilon):
         shifted[index] -= 2 * step
         expected[index] = (up - loss(shifted)) / (2 * step)
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
+def _traces_a_cycle_leaves(variant, optimizer):
+    """(gradients registered, functions traced) that one more model built, predicted, fitted one step and dropped."""
+    import gc
+
+    from tensorflow.python.eager import context
+    from tensorflow.python.framework import ops as tf_ops
+
+    import bit_keras
+
+    def counts():
+        registered = sum(name.startswith("CustomGradient") for name in tf_ops._gradient_registry.list())
+        return registered, len(context.context().list_function_names())
+
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+    y = np.eye(3, dtype="float32")[[0, 2]]
+    readings = []
+    for _ in range(2):
+        model = bit_keras.BiT(variant, weights=None, num_classes=3, input_shape=(32, 32, 3))
+        model.predict(x, verbose=0)
+        model.compile(optimizer=optimizer(), loss="categorical_crossentropy")
+        model.fit(x, y, verbose=0)
+        del model
+        keras.backend.clear_session()
+        gc.collect()
+        readings.append(counts())
+    return [after - before for before, after in zip(*readings)]
+
+
+@requires_tensorflow
+def test_a_second_model_of_the_same_shapes_traces_nothing_new_and_registers_no_gradient(tiny):
+    # TensorFlow keeps every registered custom gradient, and the traced step it holds, for the life of the
+    # process; layers sharing one function per shape, and the trainers' optimizer skipping the one-replica
+    # all-reduce, leave nothing behind a model that is gone.
+    from bit_keras.training import AccumulatingSGD
+
+    assert _traces_a_cycle_leaves(tiny, lambda: AccumulatingSGD(0.01)) == [0, 0]
+    # Keras' own SGD registers one (its all-reduce), as it does for any Keras model; the layers add none.
+    assert _traces_a_cycle_leaves(tiny, lambda: keras.optimizers.SGD(0.01)) == [1, 0]

@@ -52,6 +52,19 @@ class AccumulatingSGD(keras.optimizers.Optimizer):
         self.momentums = [self.add_variable_from_reference(v, "momentum") for v in variables]
         self.accumulators = [self.add_variable_from_reference(v, "accumulator") for v in variables]
 
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        # Keras' TensorFlow optimizer sums the gradients over replicas through
+        # a `tf.custom_gradient`, which TensorFlow registers in a global table
+        # that holds the traced step, and the model's weights captured in it,
+        # for the life of the process. With one replica the sum is the
+        # gradient itself: skipping it lets every run's step be freed.
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            if tf.distribute.get_strategy().num_replicas_in_sync == 1:
+                return list(grads_and_vars)
+        return super()._all_reduce_sum_gradients(grads_and_vars)
+
     def update_step(self, gradient, variable, learning_rate):
         from keras import ops
 
