@@ -1,4 +1,4 @@
-"""Imports run one way: no circle among the modules of bit_keras and hub_export.
+"""Imports run one way: no circle among the modules of bit_keras and hub_export, and few imports inside functions.
 
 Read from the source with `ast`, so nothing is imported: an import inside a
 function is an edge too, since a circle closed at call time is still a circle.
@@ -11,6 +11,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("bit_keras", "hub_export")
+# Imports of the package's own modules inside functions: each needs a reason (an optional dependency, a real cycle).
+MAX_FUNCTION_LEVEL = 12
 
 
 def modules(root=ROOT):
@@ -109,6 +111,11 @@ def test_no_circle_in_the_import_graph():
     edges, _ = graph()
     assert "hub_export" in edges["bit_keras.cli"]  # the graph sees across the two packages
     assert cycles(edges) == []
+
+
+def test_few_imports_of_own_modules_inside_functions():
+    _, function_level = graph()
+    assert len(function_level) <= MAX_FUNCTION_LEVEL, function_level
 
 
 @pytest.mark.parametrize(
