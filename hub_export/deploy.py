@@ -290,14 +290,13 @@ def _write_openvino(serving, path, record, overwrite):
         ir = ov.Core().read_model(os.path.join(stage, "keras.xml"))
         for key, value in record.items():
             ir.set_rt_info(json.dumps(value), [METADATA_KEY, key])
-        staged = os.path.join(stage, "model.xml")
-        ov.serialize(ir, staged, openvino_bin(staged))
-        del ir  # it maps keras.bin
-        # The .bin first: an .xml in place always finds its complete weights.
-        with checkpoints.atomic_file(openvino_bin(path), overwrite) as tmp:
-            os.replace(openvino_bin(staged), tmp)
-        with checkpoints.atomic_file(path, overwrite) as tmp:
-            os.replace(staged, tmp)
+        # The .bin's writer is the inner one, so it is renamed first: an .xml in place always finds its complete weights.
+        with (
+            checkpoints.atomic_file(path, overwrite, suffix=".xml") as xml,
+            checkpoints.atomic_file(openvino_bin(path), overwrite, suffix=".bin") as weights,
+        ):
+            ov.serialize(ir, xml, weights)
+        del ir  # it maps keras.bin, in the scratch folder
 
 
 _WRITERS = {
