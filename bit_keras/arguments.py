@@ -69,6 +69,22 @@ def crop_area(value):
     return low, high
 
 
+def input_range(value):
+    """(low, high): two finite floats, low < high, the range of the images an export is given."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"input_range must be two numbers (low, high), got {value!r}.") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(
+            f"input_range must be two finite numbers (low, high), got {value!r}: the module rescales "
+            f"images linearly from it to [-1, 1]. Pass e.g. (0, 1) or (0, 255)."
+        )
+    if not low < high:
+        raise ValueError(f"input_range must have low < high, got {value!r}; e.g. (0, 1) or (0, 255).")
+    return low, high
+
+
 def sizes(value, name="sizes"):
     """(resize, crop): two positive integers with crop <= resize."""
     try:

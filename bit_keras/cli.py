@@ -21,12 +21,15 @@ bit-keras ...
 """
 
 import argparse
+import dataclasses
 import sys
 
 import keras
 
 import bit_keras
-from bit_keras import _startup, config, demo, hyperrule
+import hub_export
+from bit_keras import _startup, config, data, demo, distill, distill_demo, finetune, hyperrule, pretrain, suites, tasks
+from hub_export import __main__ as hub_export_cli
 
 
 def main(argv=None):
@@ -50,12 +53,6 @@ def main(argv=None):
 
 def build_parser():
     """The parser of `bit-keras` and its sub-commands."""
-    try:  # the trainers behind finetune, pretrain, distill and reproduce, and export, need TensorFlow
-        from bit_keras import distill, pretrain, suites
-        from hub_export import __main__ as hub_export_cli
-    except ImportError as error:
-        raise SystemExit(f"error: {error}") from None
-
     parser = argparse.ArgumentParser(prog="bit-keras", description="Big Transfer (BiT) for Keras 3: " + __doc__.splitlines()[0])
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(
@@ -205,16 +202,12 @@ def variant_option(text, weights):
 
 def run_demo(args):
     if args.distill:
-        from bit_keras import distill_demo  # on the trainers: imported when asked for
-
         demo.check_flags(args)
         return distill_demo.run(args)
     return demo.run(args)
 
 
 def run_finetune(args):
-    from bit_keras import finetune, tasks  # on tf.data: imported when a command needs them
-
     check_outputs(args)
     recipe, run = config.from_flags(args, config.FineTuneRecipe), config.from_flags(args, config.RunConfig)
     weights = weights_option(args.weights)
@@ -236,8 +229,6 @@ def run_finetune(args):
 
 
 def run_pretrain(args):
-    from bit_keras import tasks  # on tf.data: imported when a command needs it
-
     check_outputs(args)
     recipe, run = config.from_flags(args, config.PretrainRecipe), config.from_flags(args, config.RunConfig)
     task = tasks.load(args.dataset, data_dir=args.tfds_data_dir, seed=args.seed)
@@ -259,8 +250,6 @@ def run_pretrain(args):
 
 
 def run_distill(args):
-    from bit_keras import distill, finetune, tasks  # on tf.data: imported when a command needs them
-
     check_outputs(args)
     recipe, run = config.from_flags(args, config.DistillRecipe), config.from_flags(args, config.RunConfig)
     student_weights = weights_option(args.student_weights)
@@ -294,10 +283,6 @@ def run_distill(args):
 
 
 def run_reproduce(args):
-    import dataclasses
-
-    from bit_keras import suites  # on tf.data: imported when a command needs it
-
     settings = config.from_flags(args, config.SuiteConfig)
     run = {field.name: getattr(args, field.name) for field in dataclasses.fields(config.RunConfig)}
     recipe = {
@@ -315,8 +300,6 @@ def run_reproduce(args):
 
 def _evaluate(model, source, image_size, batch_size):
     """Top-1 of `model` on `source` at `image_size` (the pre-training resolution)."""
-    from bit_keras import data  # on tf.data
-
     correct = total = 0
     for images, labels in data.eval_pipeline(source, crop=image_size, batch_size=batch_size):
         logits = model.predict_on_batch(images)
@@ -332,8 +315,6 @@ def write_outputs(model, args):
         save(model, args.save, overwrite=args.overwrite)
         print(f"[save] wrote {args.save}")
     if args.export_dir:
-        import hub_export
-
         hub_export.export(model, args.export_dir, flavor="classification", overwrite=args.overwrite)
         print(f"[export] wrote the TF-Hub-format SavedModel {args.export_dir} (images in [0, 1])")
 

@@ -51,6 +51,7 @@ import time
 import numpy as np
 
 import bit_keras
+import hub_export
 from bit_keras import _startup, checkpoints, data
 
 VARIANT = bit_keras.Variant(units=(1, 1, 1, 1), width=1)  # "R1-1-1-1x1": 8M parameters
@@ -175,8 +176,6 @@ def pretrain(source, recipe, out, force=False):
     `force` is False; otherwise pre-trains with `BiTPretrainer` and exports it
     with `hub_export.export` (atomically, so a killed run leaves no half module).
     """
-    import hub_export  # imported here: the core library never needs it
-
     folder = os.path.join(out, UPSTREAM_DIR)
     record_path = os.path.join(out, UPSTREAM_RECORD)
     cached = _read_json(record_path) if os.path.isdir(folder) else None

@@ -15,6 +15,7 @@ import os
 import sys
 
 import bit_keras
+import hub_export
 from bit_keras import _startup, arguments, checkpoints
 from hub_export import deploy
 
@@ -179,8 +180,6 @@ def run(args):
     if os.path.lexists(args.out) and not args.overwrite:  # before the slow loading
         print(f"error: {args.out} already exists; pass --overwrite to replace it, or another --out.", file=sys.stderr)
         return 1
-    import hub_export
-
     fmt = args.format
     try:
         model = _load_model(args)

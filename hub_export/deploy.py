@@ -37,16 +37,14 @@ import keras
 import numpy as np
 
 import bit_keras
-from bit_keras import checkpoints, preprocess, resnet
+from bit_keras import arguments, checkpoints, model_facts, preprocess
+from bit_keras.model_facts import OUTPUT_NAMES
 from bit_keras.optional import require
 from hub_export._backend import require_tensorflow
-from hub_export.exporter import OUTPUT_NAMES, _check_input_range, _class_names, _network, _variant_name
-from hub_export.metadata import write_metadata
+from hub_export.metadata import METADATA_KEY, SUFFIXES, format_of, write_metadata
 
 # Our format name -> Keras' `model.export(format=...)` name.
 FORMATS = {"saved_model": "tf_saved_model", "onnx": "onnx", "litert": "litert", "openvino": "openvino"}
-# What a path of each format ends with ("" for the SavedModel folder).
-SUFFIXES = {"saved_model": "", "onnx": ".onnx", "litert": ".tflite", "openvino": ".xml"}
 # The converters each format needs beyond TensorFlow: (module, pip package).
 CONVERTERS = {"onnx": [("tf2onnx", "tf2onnx"), ("onnx", "onnx")], "openvino": [("openvino", "openvino")]}
 # The compile configuration that keeps OpenVINO's CPU plugin in float32 (it picks bfloat16 where the CPU has it).
@@ -60,7 +58,6 @@ METADATA_PLACES = {
 }
 RUNTIMES = {"saved_model": "TensorFlow", "onnx": "onnxruntime", "litert": "the LiteRT interpreter", "openvino": "OpenVINO"}
 INPUT_NAME = "images"
-METADATA_KEY = "bit_keras"
 
 
 def export_format(model, path, format="onnx", *, flavor=None, input_range=(0, 1), image_size=None, overwrite=False):
@@ -122,7 +119,7 @@ def export_format(model, path, format="onnx", *, flavor=None, input_range=(0, 1)
     require_tensorflow("hub_export.export_format")
     if format not in FORMATS:
         raise ValueError(f"format must be one of {tuple(FORMATS)}, got {format!r}.")
-    low, high = _check_input_range(input_range)
+    low, high = arguments.input_range(input_range)
     image_size = _check_image_size(image_size)
     path = os.path.abspath(os.fspath(path))
     _check_suffix(path, format)
@@ -133,7 +130,7 @@ def export_format(model, path, format="onnx", *, flavor=None, input_range=(0, 1)
         checkpoints.refuse_existing(openvino_bin(path), overwrite)
 
     original, model = model, _deployable(model)  # the fold does not carry `model.class_names`
-    flavor = flavor or ("classification" if _has_head(model) else "feature_vector")
+    flavor = flavor or ("classification" if model_facts.has_head(model) else "feature_vector")
     if flavor not in OUTPUT_NAMES:
         raise ValueError(f"flavor must be one of {tuple(OUTPUT_NAMES)}, got {flavor!r}.")
     if format == "onnx":
@@ -144,7 +141,7 @@ def export_format(model, path, format="onnx", *, flavor=None, input_range=(0, 1)
         record = {
             "bit_keras_version": bit_keras.__version__,
             "format": format,
-            "variant": _variant_name(model),
+            "variant": model_facts.variant_name(model),
             "flavor": flavor,
             "input": INPUT_NAME,
             "input_shape": [None, *image_size, 3],
@@ -153,7 +150,7 @@ def export_format(model, path, format="onnx", *, flavor=None, input_range=(0, 1)
             "output": OUTPUT_NAMES[flavor],
             "output_size": int(serving.output[OUTPUT_NAMES[flavor]].shape[-1]),
             "parameters": int(sum(np.prod(v.shape) for v in serving.weights)),
-            **_class_names(original, flavor),
+            **model_facts.class_names(original, flavor),
         }
         if format == "openvino":
             record["compile_config"] = dict(OPENVINO_CONFIG)
@@ -168,10 +165,6 @@ def _deployable(model):
     kernels (`bit_keras.fold`) instead of standardising on every call.
     """
     return bit_keras.fold(model)
-
-
-def _has_head(model):
-    return any(layer.name == resnet.HEAD_LAYER for layer in model.layers)
 
 
 def _check_image_size(image_size):
@@ -204,7 +197,7 @@ def _check_float32(model):
 
 def _serving_model(model, flavor, low, high, image_size):
     """`images` in `input_range` -> {output name: float32 outputs}: what every format exports."""
-    network = _network(model, flavor)
+    network = model_facts.network(model, flavor)
     images = keras.Input(shape=(*image_size, 3), name=INPUT_NAME, dtype="float32")
     # The one input scaling of the package, inside the exported graph.
     outputs = network(preprocess.to_model_range(images, (low, high)))
@@ -297,14 +290,13 @@ def _write_openvino(serving, path, record, overwrite):
         ir = ov.Core().read_model(os.path.join(stage, "keras.xml"))
         for key, value in record.items():
             ir.set_rt_info(json.dumps(value), [METADATA_KEY, key])
-        staged = os.path.join(stage, "model.xml")
-        ov.serialize(ir, staged, openvino_bin(staged))
-        del ir  # it maps keras.bin
-        # The .bin first: an .xml in place always finds its complete weights.
-        with checkpoints.atomic_file(openvino_bin(path), overwrite) as tmp:
-            os.replace(openvino_bin(staged), tmp)
-        with checkpoints.atomic_file(path, overwrite) as tmp:
-            os.replace(staged, tmp)
+        # The .bin's writer is the inner one, so it is renamed first: an .xml in place always finds its complete weights.
+        with (
+            checkpoints.atomic_file(path, overwrite, suffix=".xml") as xml,
+            checkpoints.atomic_file(openvino_bin(path), overwrite, suffix=".bin") as weights,
+        ):
+            ov.serialize(ir, xml, weights)
+        del ir  # it maps keras.bin, in the scratch folder
 
 
 _WRITERS = {
@@ -323,56 +315,6 @@ def _description(record):
         f"{record['input']} float32[{shape}] RGB in [{low}, {high}] -> {record['output']} "
         f"float32[batch, {record['output_size']}]"
     )
-
-
-# ------------------------------------------------------------------ reading back
-
-
-def format_of(path):
-    """The format of an export at `path`, from its suffix (a folder is a SavedModel)."""
-    path = os.fspath(path)
-    for kind, suffix in SUFFIXES.items():
-        if suffix and path.endswith(suffix):
-            return kind
-    if os.path.isdir(path):
-        return "saved_model"
-    raise ValueError(f"{path} is not an export: expected a .onnx, .tflite or .xml file or a SavedModel folder.")
-
-
-def read_file_metadata(path):
-    """The record `export_format` wrote into the .onnx, .tflite or .xml file at `path`."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist.")
-    kind = format_of(path)
-    if kind == "onnx":
-        onnx = require("onnx", "onnx")
-        proto = onnx.load(path, load_external_data=False)
-        record = {entry.key: json.loads(entry.value) for entry in proto.metadata_props}
-    elif kind == "litert":
-        record = _tflite_metadata(path)
-    else:
-        ov = require("openvino", "openvino")
-        ir = ov.Core().read_model(path)
-        info = ir.get_rt_info()[METADATA_KEY] if ir.has_rt_info([METADATA_KEY]) else {}
-        record = {key: json.loads(value.astype(str)) for key, value in info.items()}
-    if "format" not in record:
-        raise ValueError(f"{path} has no bit_keras record, so it was not written by hub_export.export_format.")
-    return record
-
-
-def _tflite_metadata(path):
-    import importlib
-
-    schema = importlib.import_module("tensorflow.lite.python.schema_py_generated")
-    with open(path, "rb") as f:
-        content = bytearray(f.read())
-    tflite = schema.Model.GetRootAs(content, 0)
-    for i in range(tflite.MetadataLength()):
-        entry = tflite.Metadata(i)
-        if entry.Name().decode() == METADATA_KEY:
-            return json.loads(tflite.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
-    return {}
 
 
 def run_exported(path, images):

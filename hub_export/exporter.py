@@ -9,7 +9,6 @@ or logits for the classification flavour. `export` writes the same contract
 with `keras.export.ExportArchive`.
 """
 
-import math
 import os
 
 import keras
@@ -17,12 +16,11 @@ import numpy as np
 import tensorflow as tf
 
 import bit_keras
-from bit_keras import checkpoints, preprocess, resnet
+from bit_keras import arguments, checkpoints, model_facts, preprocess
+from bit_keras.model_facts import FLAVORS, OUTPUT_NAMES
 from hub_export._backend import require_tensorflow
 from hub_export.metadata import write_metadata
 
-FLAVORS = ("feature_vector", "classification")
-OUTPUT_NAMES = {"feature_vector": "feature_vector", "classification": "logits"}
 IMAGES = tf.TensorSpec((None, None, None, 3), tf.float32, name="images")
 
 
@@ -73,7 +71,7 @@ def export(model, path, *, flavor="feature_vector", input_range=(0, 1), overwrit
     require_tensorflow("hub_export.export")
     if flavor not in FLAVORS:
         raise ValueError(f"flavor must be one of {FLAVORS}, got {flavor!r}.")
-    low, high = _check_input_range(input_range)
+    low, high = arguments.input_range(input_range)
     path = os.path.abspath(os.fspath(path))
     checkpoints.refuse_existing(path, overwrite)
 
@@ -83,59 +81,24 @@ def export(model, path, *, flavor="feature_vector", input_range=(0, 1), overwrit
 
 
 def _export(model, path, flavor, low, high, overwrite):
-    network = _network(model, flavor)
+    network = model_facts.network(model, flavor)
     variables = _module_variables(network)
     call = _trace_call(network, variables, flavor, low, high)
     archive = _archive(call, variables, OUTPUT_NAMES[flavor])
     record = {
         "bit_keras_version": bit_keras.__version__,
-        "variant": _variant_name(model),
+        "variant": model_facts.variant_name(model),
         "flavor": flavor,
         "input_range": [low, high],
         "output": OUTPUT_NAMES[flavor],
         "output_size": int(network.output.shape[-1]),
         "parameters": int(sum(np.prod(v.shape) for v in variables.values())),
-        **_class_names(model, flavor),
+        **model_facts.class_names(model, flavor),
     }
     with checkpoints.atomic_folder(path, overwrite) as folder:
         archive.write_out(folder, verbose=False)
         write_metadata(folder, record)
     return record
-
-
-def _check_input_range(input_range):
-    try:
-        low, high = (float(v) for v in input_range)
-    except (TypeError, ValueError):
-        raise ValueError(f"input_range must be two numbers (low, high), got {input_range!r}.") from None
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise ValueError(
-            f"input_range must be two finite numbers (low, high), got {input_range!r}: the module rescales "
-            f"images linearly from it to [-1, 1]. Pass e.g. (0, 1) or (0, 255)."
-        )
-    if not low < high:
-        raise ValueError(f"input_range must have low < high, got {input_range!r}; e.g. (0, 1) or (0, 255).")
-    return low, high
-
-
-def _network(model, flavor):
-    """The part of `model` the flavour needs: to the logits, or to the final feature map."""
-    names = {layer.name for layer in model.layers}
-    if resnet.FEATURES_LAYER not in names:
-        raise ValueError(
-            f"Model {model.name!r} has no layer named {resnet.FEATURES_LAYER!r}, so it is not a model built by "
-            f"bit_keras.BiT. Export the BiT model itself (not a model wrapping it), or rebuild it with bit_keras.BiT."
-        )
-    if flavor == "classification":
-        if resnet.HEAD_LAYER not in names:
-            raise ValueError(
-                f"flavor='classification' needs the model's head, but model {model.name!r} has no layer "
-                f"{resnet.HEAD_LAYER!r}. Build it with include_top=True, or export flavor='feature_vector'."
-            )
-        output = model.get_layer(resnet.HEAD_LAYER).output
-    else:
-        output = model.get_layer(resnet.FEATURES_LAYER).output
-    return keras.Model(model.input, output, name=f"{model.name}_{flavor}")
 
 
 def _module_variables(network):
@@ -194,23 +157,3 @@ def _archive(call, variables, output_name):
     # Part of the reusable SavedModel API; BiT trains without weight decay, so it is empty.
     archive.add_variable_collection("regularization_losses", [])
     return archive
-
-
-def _class_names(model, flavor):
-    """{"class_names": [...]} of a classification export whose model has one name per logit, else {}."""
-    names = getattr(model, "class_names", None)
-    head = [layer for layer in model.layers if layer.name == resnet.HEAD_LAYER]
-    if flavor != "classification" or not names or not head or len(names) != head[0].units:
-        return {}
-    return {"class_names": [str(name) for name in names]}
-
-
-def _variant_name(model):
-    """ "BiT-M-R50x1" when the model's name says so and its shapes agree, else the architecture."""
-    weights = checkpoints.official_weights(model)
-    body = {key: v for key, v in weights.items() if key not in (checkpoints.HEAD_KERNEL, checkpoints.HEAD_BIAS)}
-    architecture = checkpoints.describe(body)  # without a head it names the architecture only, e.g. "R50x1"
-    for family in ("BiT-S", "BiT-M", "BiT-L"):
-        if model.name == f"{family}-{architecture}":
-            return model.name
-    return architecture

@@ -59,16 +59,33 @@ def probe(name, size):
     return keras.Model(images, head(pooled), name=name)
 
 
+def pixels_probe(name, size):
+    """A 'classifier' whose logits are the pixels it saw, one per logit: a mirror image reads differently."""
+    images = keras.Input((size, size, 3))
+    head = keras.layers.Dense(size * size * 3, name="head", kernel_initializer="identity", use_bias=False)
+    return keras.Model(images, head(keras.layers.Flatten()(images)), name=name)
+
+
 @pytest.mark.parametrize("consistent", [True, False])
 def test_teacher_and_student_see_the_same_pixels_only_when_consistent(consistent):
     images, labels = colour_task(16, size=20)
     distiller = distill.BiTDistiller(
-        probe("teacher", 16), probe("student", 16), batch_size=8, steps=2, image_size=16, consistent=consistent, mixup_alpha=1.0
+        pixels_probe("teacher", 16),
+        pixels_probe("student", 16),
+        batch_size=8,
+        steps=2,
+        image_size=16,
+        consistent=consistent,
+        mixup_alpha=1.0,
     )
     batch, _ = next(iter(distiller.train_pipeline(data.from_arrays(images, labels))))
-    student, teacher = distill.split_logits(keras.ops.convert_to_numpy(distiller.model(batch, training=False)), 3)
+    student, teacher = distill.split_logits(keras.ops.convert_to_numpy(distiller.model(batch, training=False)), 16 * 16 * 3)
     if consistent:
+        views = keras.ops.convert_to_numpy(batch).reshape(student.shape)
         np.testing.assert_array_equal(student, teacher)  # every example, mixed images included
+        np.testing.assert_array_equal(student, views)  # and what they saw is the batch, pixel for pixel
+        mirrored = keras.ops.convert_to_numpy(batch)[:, :, ::-1].reshape(student.shape)
+        assert np.abs(mirrored - views).max() > 0.1  # so a mirrored view would not pass for the original
     else:
         assert np.abs(student - teacher).max() > 1e-3
 

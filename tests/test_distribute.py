@@ -128,13 +128,13 @@ def test_a_run_killed_while_writing_a_backup_resumes_from_the_previous_one(one_d
     backup = tmp_path / "run" / "backup"
     finish(start(tmp_path / "w.npz", "--checkpoint_dir", str(tmp_path / "run"), "--kill_in_backup_at", "4"), expect_kill=True)
     left = sorted(os.listdir(backup))
-    assert [name for name in left if not name.startswith(".tmp-step-000000004")] == ["step-000000002"]
+    assert [name for name in left if not name.startswith(".step-000000004.bit-keras-tmp.")] == ["step-000000002"]
     assert len(left) == 2  # and the half-written one, under its temporary name
     assert sorted(os.listdir(backup / "step-000000002")) == ["state.json", "state.weights.h5"]  # the previous one, whole
     output = finish(start(tmp_path / "w.npz", "--checkpoint_dir", str(tmp_path / "run")))
     assert "Resuming from" in output and "step-000000002" in output
     assert_same_training(weights(tmp_path / "w.npz"), one_device)
-    assert not [name for name in os.listdir(backup) if name.startswith(".tmp-")]
+    assert not [name for name in os.listdir(backup) if ".bit-keras-tmp." in name]
 
 
 @requires_tensorflow

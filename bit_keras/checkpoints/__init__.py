@@ -1,7 +1,10 @@
 """BiT weights of every family: the key mapping, readers, validation, writers, releases.
 
 - `mapping`: the one key mapping (official keys <-> model layers, timm, transformers).
-- `formats`: readers of each family and `read_weights`, which recognises any input.
+- `official` (.npz, the TF2 .h5), `pytorch` (timm state dicts, transformers folders),
+  `saved_model` (TF-Hub / Kaggle / hub_export SavedModels), `keras_files` (.keras,
+  .weights.h5): the readers of each family.
+- `formats`: `read_weights`, which recognises any input, and its `Weights` record.
 - `validate`: `load_state` and the checks every state passes before it is loaded or written.
 - `writing`: `save_official`, `save_timm`, `save_transformers` and the atomic writes.
 - `releases`: the official bucket, Hugging Face Hub and Kaggle Models names.
@@ -12,22 +15,8 @@ Families: "official" (.npz, the TF2 .h5, TF-Hub / Kaggle SavedModels),
 .keras / .weights.h5).
 """
 
-from bit_keras.checkpoints.formats import (
-    EXPORT_RECORD_PATH,
-    Weights,
-    load_keras,
-    read_checkpoint,
-    read_file,
-    read_folder,
-    read_h5,
-    read_keras,
-    read_npz,
-    read_safetensors,
-    read_saved_model,
-    read_torch,
-    read_transformers,
-    read_weights,
-)
+from bit_keras.checkpoints.formats import Weights, read_checkpoint, read_file, read_folder, read_weights
+from bit_keras.checkpoints.keras_files import load_keras, read_keras
 from bit_keras.checkpoints.mapping import (
     FAMILIES,
     HEAD_BIAS,
@@ -43,6 +32,8 @@ from bit_keras.checkpoints.mapping import (
     official_weights,
     to_official,
 )
+from bit_keras.checkpoints.official import read_h5, read_npz
+from bit_keras.checkpoints.pytorch import read_safetensors, read_torch, read_transformers
 from bit_keras.checkpoints.releases import (
     RELEASES,
     Release,
@@ -54,6 +45,7 @@ from bit_keras.checkpoints.releases import (
     fetch,
     find_release,
 )
+from bit_keras.checkpoints.saved_model import EXPORT_RECORD_PATH, read_saved_model
 from bit_keras.checkpoints.validate import check_values, load_state
 from bit_keras.checkpoints.writing import (
     atomic_file,

@@ -24,6 +24,7 @@ import zipfile
 import keras
 
 from bit_keras import optional
+from bit_keras.checkpoints.writing import atomic_file
 from bit_keras.optional import require
 from bit_keras.resnet import RELEASED_ARCHITECTURES, RELEASED_FAMILIES, UPSTREAM
 
@@ -180,8 +181,13 @@ def download(name, origin=None):
     os.makedirs(folder, exist_ok=True)
     filename = os.path.basename(release.path) if not release.path.startswith("distill/") else f"{name}.npz"
     url = origin or release.url
+    path = os.path.join(folder, filename)
     try:
-        path = keras.utils.get_file(fname=filename, origin=url, cache_dir=folder, cache_subdir=".")
+        if not os.path.exists(path):  # downloaded under a temporary name: a killed download leaves no half file
+            with atomic_file(path, overwrite=True) as tmp:  # a download beside ours may have finished first
+                keras.utils.get_file(
+                    fname=os.path.basename(tmp), origin=url, cache_dir=folder, cache_subdir=".", force_download=True
+                )
     except Exception as error:  # keras raises a bare Exception for URL and HTTP failures
         raise ValueError(
             f"{name} is not in the cache ({folder}) and could not be downloaded from {url} "

@@ -27,7 +27,9 @@ from bit_keras.optional import require
 _TAG = ".bit-keras-tmp"
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
 _TEMPORARY = re.compile(
-    rf"^\.(?P<base>.+){re.escape(_TAG)}\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[0-9a-f]+(?:\.keras)?(?P<previous>\.previous)?$"
+    rf"^\.(?P<base>.+){re.escape(_TAG)}\.(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>\d+)\.[0-9a-f]+"
+    # A writer's suffix (".keras", ".xml", ...; never ".previous", which marks a folder left aside).
+    rf"(?:\.(?!previous$)[A-Za-z0-9]+)?(?P<previous>\.previous)?$"
 )
 
 
@@ -48,11 +50,14 @@ def process_alive(pid):
     return True
 
 
-def remove_stale(folder):
+def remove_stale(folder, writers_gone=False):
     """Removes temporary files and folders of dead writers on this host from `folder`; returns their names.
 
     A writer killed while replacing a folder may leave the old one only
     under its `.previous` name: that one is put back where it was.
+    `writers_gone=True` is for a caller that knows no other writer is at
+    work in `folder` (a run's backups, under its lock): the temporaries of
+    every host go, not only those of this host's dead processes.
     """
     removed = []
     try:
@@ -61,7 +66,7 @@ def remove_stale(folder):
         return removed
     for name in names:
         match = _TEMPORARY.match(name)
-        if match and match["host"] == _HOST and not process_alive(int(match["pid"])):
+        if match and (writers_gone or (match["host"] == _HOST and not process_alive(int(match["pid"])))):
             target = os.path.join(folder, match["base"])
             if match["previous"] and not os.path.lexists(target):
                 os.rename(os.path.join(folder, name), target)

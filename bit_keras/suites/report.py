@@ -13,7 +13,7 @@ import statistics
 import numpy as np
 
 from bit_keras import checkpoints
-from bit_keras.suites.definitions import GROUPS
+from bit_keras.suites.definitions import GROUPS, Figure
 
 NONE = "—"
 ALL = "All"
@@ -136,8 +136,6 @@ def _figure_json(figure):
 
 
 def _figure_from_json(entry):
-    from bit_keras.suites.definitions import Figure
-
     return None if entry is None else Figure(entry["value"], entry["min"], entry["max"], entry["source"], entry["decimals"])
 
 

@@ -84,9 +84,10 @@ class Backups:
     """Step-numbered training backups in one folder, each written whole or not at all.
 
     A backup is a folder `step-<update>` holding the model's and optimizer's
-    variables and a small JSON record; it is written under a temporary name
-    and renamed, so a kill at any moment leaves the previous backups intact
-    (a left-over temporary folder is removed by the next run). The newest two
+    variables and a small JSON record; it is written through the one atomic
+    writer (`checkpoints.atomic_folder`), so a kill at any moment leaves the
+    previous backups intact (a left-over temporary folder is removed by the
+    next run). The newest two
     are kept. Every worker of a multi-worker run saves; only the chief's
     (worker 0's) backups are kept.
     """
@@ -103,38 +104,24 @@ class Backups:
         return sorted(name for name in os.listdir(self.folder) if name.startswith("step-") and "." not in name)
 
     def save(self, model, record):
-        # Every worker saves, as tf.distribute needs (reading distributed variables
-        # can be a collective op); only the chief's copy is kept.
-        folder = self.folder if self.writer else tempfile.mkdtemp(prefix="bit-keras-worker-backup-")
-        os.makedirs(folder, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".tmp-step-{record['step']:09d}-", dir=folder)
-        try:
-            model.save_weights(os.path.join(tmp, _WEIGHTS))
-            with open(os.path.join(tmp, _STATE), "w") as f:
-                json.dump(record, f)
-                f.flush()
-                os.fsync(f.fileno())
-            if not self.writer:
-                return
-            target = os.path.join(self.folder, f"step-{record['step']:09d}")
-            if os.path.exists(target):
-                shutil.rmtree(target)
-            os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        finally:
-            if not self.writer:
+        if not self.writer:
+            # Every worker saves, as tf.distribute needs (reading distributed variables
+            # can be a collective op); only the chief's copy is kept.
+            folder = tempfile.mkdtemp(prefix="bit-keras-worker-backup-")
+            try:
+                _write_backup(model, record, folder)
+            finally:
                 shutil.rmtree(folder, ignore_errors=True)
+            return
+        with checkpoints.atomic_folder(os.path.join(self.folder, f"step-{record['step']:09d}"), overwrite=True) as folder:
+            _write_backup(model, record, folder)
         for old in self.complete()[: -self.KEEP]:
             shutil.rmtree(os.path.join(self.folder, old), ignore_errors=True)
 
     def restore(self, model, fingerprint, seed, scope):
         """Loads the newest backup into `model`; returns its record (with "path"), or None when there is none."""
-        if self.writer and os.path.isdir(self.folder):
-            for name in os.listdir(self.folder):
-                if name.startswith(".tmp-"):  # a backup whose writer was killed
-                    shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
+        if self.writer:  # backups whose writer was killed: under the run lock, no other writer is at work here
+            checkpoints.remove_stale(self.folder, writers_gone=True)
         names = self.complete()
         if not names:
             if os.path.isdir(self.folder) and os.listdir(self.folder):
@@ -188,6 +175,15 @@ class Backups:
             else f"Delete {self.folder} to start over"
         )
         return ValueError(f"The backup {path} is damaged: {what}. {fix}, or pass another checkpoint_dir.")
+
+
+def _write_backup(model, record, folder):
+    """The model's and optimizer's variables and the run's record, in `folder`."""
+    model.save_weights(os.path.join(folder, _WEIGHTS))
+    with open(os.path.join(folder, _STATE), "w") as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class BackupEachEpoch(keras.callbacks.Callback):
