@@ -20,11 +20,11 @@ see whether the input feeds the model.
 """
 
 import argparse
-import json
 import os
 import tempfile
 import time
 
+import harness
 import numpy as np
 import tensorflow as tf
 from PIL import Image
@@ -127,9 +127,7 @@ def main():
                     cores=cores,
                 )
             )
-    print()
-    for line in lines:
-        print(json.dumps(line))
+    harness.print_json_lines(lines)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,11 @@ One training step is forward, soft-label cross-entropy, backward and an SGD
                           the accurate variance costs
     bit_keras/tf-folded   inference only, what `BiTFineTuner.predict` and `evaluate` run:
                           `bit_keras.fold(model)` (weight standardisation computed once, into plain
-                          convolutions), compiled with `jit_compile=True`; the time it takes to
-                          fold is in its description
-    bit_keras/tf-folded-noxla  the same, compiled with the defaults (XLA off on the CPU; GroupNorm's
-                          per-layer clusters), only when named in --contenders
+                          convolutions), compiled with `jit_compile=False` (GroupNorm's shared
+                          clusters); the time it takes to fold is in its description
+    bit_keras/tf-folded-xla  the same, compiled with `jit_compile=True` (one XLA program for the
+                          whole model, which TensorFlow keeps for the life of the process), only
+                          when named in --contenders
     bit_keras/jax         JAX backend, `train_on_batch` / `predict_on_batch` (the
                           step `model.fit` runs) on device-resident batches
     bit_keras/jax-stateless  JAX backend, a jitted `stateless_call` +
@@ -61,15 +62,10 @@ model's convolution and dense FLOPs, measured in the same run.
 
 import argparse
 import contextlib
-import json
-import os
-import queue
-import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
+
+import harness
 
 SETTINGS = {
     "cpu": dict(batch_size=8, image_size=128, precision="float32"),
@@ -84,8 +80,8 @@ CONTENDERS = {
     "bit_keras/tf-unfused": ("bit_keras", "tensorflow", {"unfused": True}),
     "bit_keras/tf-floor": ("bit_keras", "tensorflow", {"floor": True}),
     "bit_keras/tf-gn-onepass": ("bit_keras", "tensorflow", {"gn_onepass": True}),
-    "bit_keras/tf-folded": ("bit_keras", "tensorflow", {"folded": True, "jit_compile": True}),
-    "bit_keras/tf-folded-noxla": ("bit_keras", "tensorflow", {"folded": True}),
+    "bit_keras/tf-folded": ("bit_keras", "tensorflow", {"folded": True, "jit_compile": False}),
+    "bit_keras/tf-folded-xla": ("bit_keras", "tensorflow", {"folded": True, "jit_compile": True}),
     "bit_keras/jax": ("bit_keras", "jax", {}),
     "bit_keras/jax-stateless": ("bit_keras", "jax", {"stateless": True}),
     "timm/eager": ("timm", None, {}),
@@ -97,13 +93,12 @@ DIAGNOSTIC_CONTENDERS = (
     "bit_keras/tf-unfused",
     "bit_keras/tf-floor",
     "bit_keras/tf-gn-onepass",
-    "bit_keras/tf-folded-noxla",
+    "bit_keras/tf-folded-xla",
 )
 DEFAULT_CONTENDERS = [name for name in CONTENDERS if name not in DIAGNOSTIC_CONTENDERS]
 PEERS = ("timm/eager", "timm/compile", "keras/resnet50v2")
-INFERENCE_ONLY = ("bit_keras/tf-folded", "bit_keras/tf-folded-noxla")  # no training step: a folded model is not a BiT to train
+INFERENCE_ONLY = ("bit_keras/tf-folded", "bit_keras/tf-folded-xla")  # no training step: a folded model is not a BiT to train
 MODES = ("infer", "train")
-PREFIX = "@@BENCH "
 LEARNING_RATE = 1e-3
 GEMM_SIZE = 4096
 _WORKER_CONTEXTS = contextlib.ExitStack()  # contexts a worker keeps open until it exits
@@ -112,18 +107,12 @@ _WORKER_CONTEXTS = contextlib.ExitStack()  # contexts a worker keeps open until 
 # ----------------------------------------------------------------- worker side
 
 
-def _say(**message):
-    print(PREFIX + json.dumps(message), flush=True)
-
-
 def _peak_memory_mb(device_peak):
     if device_peak is not None:
         peak = device_peak()
         if peak is not None:
             return peak / 2**20, "device"
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss"
+    return harness.peak_rss_mb(), "rss"
 
 
 def _labels(rng, batch_size, num_classes):
@@ -392,14 +381,14 @@ def worker(args):
         else:
             infer, train, device_peak, description, forward_gflop = _keras_steps(args, family, options)
     except ImportError as error:
-        _say(status="absent", reason=f"{type(error).__name__}: {error}")
+        harness.say(status="absent", reason=f"{type(error).__name__}: {error}")
         return
     built = time.perf_counter()
     for _ in range(args.warmup):
         for step in (infer, train):
             if step is not None:  # None: the contender has no such step (`INFERENCE_ONLY`)
                 step()
-    _say(
+    harness.say(
         status="ready",
         description=description,
         forward_gflop=forward_gflop,
@@ -407,77 +396,13 @@ def worker(args):
         warmup_s=round(time.perf_counter() - built, 2),
     )
     steps = {"infer": infer, "train": train}
-    for line in sys.stdin:
-        command = line.split()
-        if not command or command[0] == "quit":
-            return
-        seconds, count = _timed(steps[command[0]], args.steps, args.min_seconds)
+    for command in harness.commands():
+        seconds, count = _timed(steps[command], args.steps, args.min_seconds)
         memory, memory_kind = _peak_memory_mb(device_peak)
-        _say(status="measured", seconds_per_step=seconds, steps=count, peak_memory_mb=memory, memory_kind=memory_kind)
+        harness.say(status="measured", seconds_per_step=seconds, steps=count, peak_memory_mb=memory, memory_kind=memory_kind)
 
 
 # ------------------------------------------------------------ coordinator side
-
-
-class _Worker:
-    def __init__(self, name, args, passthrough):
-        _, backend, _ = CONTENDERS[name]
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-        if backend:
-            env["KERAS_BACKEND"] = backend
-        self.name = name
-        self.log = tempfile.NamedTemporaryFile("w+", prefix=f"bench-{name.replace('/', '-')}-", suffix=".log", delete=False)
-        self.process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--worker", name, *passthrough],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            env=env,
-            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        )
-        self.messages = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self):
-        for line in self.process.stdout:
-            if line.startswith(PREFIX):
-                self.messages.put(json.loads(line[len(PREFIX) :]))
-        self.messages.put(None)
-
-    def receive(self, timeout):
-        try:
-            message = self.messages.get(timeout=timeout)
-        except queue.Empty:
-            message = None
-        if message is None:
-            self.stop(keep_log=True)
-            self.log.seek(0)
-            tail = self.log.read()[-1500:]
-            return {
-                "status": "failed",
-                "reason": f"no answer within {timeout:.0f}s or the process ended; log {self.log.name}:\n{tail}",
-            }
-        return message
-
-    def ask(self, command, timeout):
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-        return self.receive(timeout)
-
-    def stop(self, keep_log=False):
-        """Ends the worker; its log is deleted unless it is kept to explain a failure."""
-        if self.process.poll() is None:
-            try:
-                self.process.stdin.write("quit\n")
-                self.process.stdin.flush()
-                self.process.wait(timeout=30)
-            except (OSError, subprocess.TimeoutExpired):
-                self.process.kill()
-                self.process.wait()
-        if not keep_log and os.path.exists(self.log.name):
-            self.log.close()
-            os.remove(self.log.name)
 
 
 def _median_rows(results):
@@ -486,7 +411,7 @@ def _median_rows(results):
         row = {}
         for mode, runs in modes.items():
             if runs:
-                seconds = statistics.median(r["seconds_per_step"] for r in runs)
+                seconds = harness.median(r["seconds_per_step"] for r in runs)
                 row[mode] = seconds
         row["memory"] = max((r["peak_memory_mb"] for runs in modes.values() for r in runs), default=None)
         row["memory_kind"] = next((r["memory_kind"] for runs in modes.values() for r in runs), "")
@@ -514,7 +439,7 @@ def coordinate(args, passthrough):
     workers, absent, descriptions = {}, {}, {}
     forward_gflop = None
     for name in names:  # warm up one at a time: no contender's compile slows another's
-        worker_ = _Worker(name, args, passthrough)
+        worker_ = harness.Contender(__file__, name, passthrough, backend=CONTENDERS[name][1])
         message = worker_.receive(args.warmup_timeout)
         if message["status"] == "ready":
             workers[name] = worker_
@@ -531,9 +456,7 @@ def coordinate(args, passthrough):
     results = {name: {mode: [] for mode in MODES} for name in workers}
     json_lines = []
     for repeat in range(args.repeats):
-        order = list(workers)
-        shift = repeat % len(order) if order else 0
-        order = order[shift:] + order[:shift]
+        order = harness.rotated(workers, repeat)
         for mode in MODES:
             for name in order:
                 if mode == "train" and name in INFERENCE_ONLY:
@@ -631,9 +554,7 @@ def coordinate(args, passthrough):
             f"inference and {ceiling['train_images_per_s']:.1f} img/s training"
         )
         json_lines.append(dict(kind="ceiling", **header, forward_gflop=round(forward_gflop, 4), **ceiling))
-    print()
-    for line in json_lines:
-        print(json.dumps(line))
+    harness.print_json_lines(json_lines)
     return 0 if rows else 1
 
 

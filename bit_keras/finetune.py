@@ -288,8 +288,8 @@ class BiTFineTuner:
 
         The weights cannot change during one `predict` or `evaluate`, so the
         standardised kernels are computed once for the call instead of on
-        every batch. The copy has the model's loss and metrics and, except
-        under torch, `jit_compile=True`. Every call folds from the weights as
+        every batch. The copy has the model's loss and metrics, and
+        `jit_compile=True` under JAX. Every call folds from the weights as
         they are then; the copy of the last call is refolded in place
         (`fold(model, into=)`) so its traced steps are reused, unless the
         model or its compile settings changed since. The copy holds a second
@@ -303,10 +303,13 @@ class BiTFineTuner:
         folded = fold(self.model)
         folded.trainable = False  # nothing to train: `evaluate` then builds its optimizer with no variables
         settings = keras.saving.deserialize_keras_object(compiled) if compiled else {}  # {} before `fit` or `evaluate`
-        if keras.backend.backend() != "torch":
-            # One XLA program for the whole forward pass: on TensorFlow it compiles faster than the per-layer
-            # GroupNorm clusters and runs faster (docs/performance.md); torch's would be `torch.compile`.
-            settings["jit_compile"] = True
+        if keras.backend.backend() == "jax":
+            settings["jit_compile"] = True  # one XLA program for the whole forward pass
+        elif keras.backend.backend() == "tensorflow":
+            # TensorFlow keeps every XLA program it compiles for the life of the process: a whole-model
+            # program per copy grew a suite by ~10 MB a run (benchmarks/bench_memory.py), where GroupNorm's
+            # clusters, shared by every layer and model, compile once per shape (docs/performance.md).
+            settings["jit_compile"] = False
         folded.compile(**settings)
         self._kept_fold = (self.model, compiled, folded)
         return folded

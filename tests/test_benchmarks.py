@@ -102,3 +102,25 @@ def _tiny_forward_flops(image_size, num_classes):
         flops += conv(size, 1, cin, mid) + conv(out, 3, mid, mid) + conv(out, 1, mid, 4 * mid) + conv(out, 1, cin, 4 * mid)
         size, cin = out, 4 * mid
     return flops + 2 * cin * num_classes
+
+
+def test_bench_memory_smoke_reports_rss_per_cycle_and_the_growth_against_keras():
+    command = [
+        sys.executable, os.path.join(ROOT, "benchmarks", "bench_memory.py"),
+        "--variant", "R1-1-1-1x1", "--cycles", "2", "--timeout", "600",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    cycles = {(line["contender"], line["cycle"]): line["rss_mb"] for line in lines if line["kind"] == "cycle"}
+    summaries = {line["contender"]: line for line in lines if line["kind"] == "summary"}
+    assert set(summaries) == {"bit_keras", "keras/resnet50v2"}
+    for name, summary in summaries.items():
+        first, last = cycles[(name, 1)], cycles[(name, 2)]
+        assert first > 100 and last > 100  # a TensorFlow process holds far more than 100 MB
+        assert summary["growth_per_cycle_mb"] == round(last - first, 1)
+    growth = {name: cycles[(name, 2)] - cycles[(name, 1)] for name in summaries}
+    if growth["keras/resnet50v2"]:
+        expected = growth["bit_keras"] / growth["keras/resnet50v2"]
+        assert summaries["bit_keras"]["growth_vs_keras"] == round(expected, 3)
+    assert "growth/cycle MB" in result.stdout and "vs keras" in result.stdout  # the table

@@ -205,7 +205,9 @@ def test_predict_folds_on_every_call_and_follows_every_weight_update(folds):
     pixels, _ = colour_task(6)
     first = t.predict(pixels)
     assert len(folds) == 1 and folds[0][0] is t.model
-    assert folds[0][1].jit_compile == (keras.backend.backend() != "torch")  # one XLA program for inference
+    # One XLA program for inference under JAX; under TensorFlow the shared GroupNorm clusters (a program per copy
+    # would stay in TensorFlow's compilation cache for the life of the process).
+    assert folds[0][1].jit_compile == (keras.backend.backend() == "jax")
     assert_same_logits(first, unfolded_predict(t, pixels))
     # A new convolution kernel: a folded model kept from the first call would still hold the old one.
     conv = t.model.get_layer("block1_unit01_b_conv")
