@@ -94,7 +94,7 @@ def _suite(args):
             weights=None,
             settings=bit_keras.config.SuiteConfig(out=out, runs=args.suite_runs),
             run={"batch_size": 4},
-            recipe={"steps": 2, "sizes": (20, 16)},
+            recipe={"steps": args.suite_steps, "sizes": (20, 16)},
             callbacks=[RunEnd()],
             verbose=0,
         )
@@ -128,7 +128,10 @@ def worker(args):
 
 def _describe(name, args):
     if name == "bit_keras/vtab1k":
-        return f"reproduce vtab1k, {args.suite_variant}, {args.suite_runs} run(s) per task, peak RSS after each run"
+        return (
+            f"reproduce vtab1k, {args.suite_variant}, {args.suite_runs} run(s) per task of {args.suite_steps} updates, "
+            "peak RSS after each run"
+        )
     model = args.variant if name == "bit_keras" else "ResNet50V2"
     return f"{model}, {args.cycles} cycles, RSS after each"
 
@@ -199,6 +202,9 @@ def main(argv=None):
     parser.add_argument("--suite_variant", default="R1-1-1-1x1", help="the model of bit_keras/vtab1k's runs")
     parser.add_argument("--suite_runs", type=int, default=3, help="runs per task of bit_keras/vtab1k (VTAB-1k: 3)")
     parser.add_argument("--suite_examples", type=int, default=8, help="examples in every mock TFDS split")
+    parser.add_argument(
+        "--suite_steps", type=int, default=100, help="updates per run; 100 and more take the trainers' long-run path"
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds a cycle may take")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -212,6 +218,7 @@ def main(argv=None):
         f"--suite_variant={args.suite_variant}",
         f"--suite_runs={args.suite_runs}",
         f"--suite_examples={args.suite_examples}",
+        f"--suite_steps={args.suite_steps}",
     ]
     return coordinate(args, passthrough)
 

@@ -65,7 +65,10 @@ class RunConfig:
     backup_every: int = setting(None, "updates between backups in --checkpoint_dir (ten per run by default)", resumes=False)
     seed: int = setting(None, "seeds weights, data order, augmentation, mixup and the few-shot draw", resumes=False)
     jit_compile: object = setting(
-        "auto", "auto (XLA for single-device TensorFlow runs of 100+ updates), true or false", resumes=False, parse=_jit_compile
+        "auto",
+        "auto (Keras decides: XLA on a GPU and under JAX, not on a CPU under TensorFlow), true or false",
+        resumes=False,
+        parse=_jit_compile,
     )
 
     def __post_init__(self):

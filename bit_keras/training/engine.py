@@ -32,7 +32,7 @@ from bit_keras.training.optimizer import AccumulatingSGD
 
 EVALUATIONS_PER_RUN = 10  # "epochs" of a run: progress bars, validation and backups
 NAN_CHECK_EVERY = 10  # steps between reads of the loss; every read waits for the device
-XLA_MIN_UPDATES = 100  # shorter runs do not repay XLA's compile time (tens of seconds on a CPU)
+XLA_MIN_UPDATES = 100  # shorter runs do not repay GroupNorm's XLA compile time
 
 
 class Engine:
@@ -106,27 +106,6 @@ class Engine:
         clone.set_weights(model.get_weights())
         return clone
 
-    def xla(self, total_steps):
-        """The `jit_compile` of a run of `total_steps` updates.
-
-        "auto" compiles with XLA on the TensorFlow backend when the run has
-        one device and at least `XLA_MIN_UPDATES` updates: XLA fuses the
-        GroupNorm and weight-standardisation arithmetic around the
-        convolutions, on a CPU too, where Keras' own "auto" leaves it off
-        (`benchmarks/bench_step.py` compares the two as `bit_keras/tf-xla`
-        and `bit_keras/tf`). Otherwise Keras decides (XLA on a GPU and under
-        JAX; not under a tf.distribute strategy).
-        """
-        if self.jit_compile != "auto":
-            return self.jit_compile
-        if (
-            keras.backend.backend() == "tensorflow"
-            and not distribute.distributes(self.strategy)
-            and total_steps >= XLA_MIN_UPDATES
-        ):
-            return True
-        return "auto"
-
     def compile(self, model, optimizer, total_steps, loss="softmax", metrics=None):
         """Compiles `model` for soft-label (mixup) classification from logits, with every object made under the strategy.
 
@@ -134,9 +113,16 @@ class Engine:
         `SigmoidCrossEntropy`) or a `keras.losses.Loss` of a recipe's own;
         `metrics` are the top-1 `accuracy` by default.
 
-        Runs shorter than `XLA_MIN_UPDATES`, and runs with `jit_compile=False`,
-        then trace their steps (training, `evaluate`, `predict`) under
-        `layers.unfused()`: no XLA at all, not even GroupNorm's own clusters.
+        `jit_compile` is the run's, and Keras decides "auto": XLA on a GPU and
+        under JAX, off on a CPU under TensorFlow, where a whole-step XLA
+        program trains no faster than TensorFlow's own kernels
+        (`benchmarks/bench_step.py`: `bit_keras/tf-xla` against
+        `bit_keras/tf`) and, as every XLA program TensorFlow compiles, stays
+        in its compilation cache for the life of the process: ~40 MB a run
+        for a 4-unit BiT (docs/performance.md). Runs shorter than
+        `XLA_MIN_UPDATES`, and runs with `jit_compile=False`, trace their
+        steps (training, `evaluate`, `predict`) under `layers.unfused()`: no
+        XLA at all, not even GroupNorm's shared clusters.
         """
         self.fused = self.jit_compile is not False and total_steps >= XLA_MIN_UPDATES
         with self.scope():
@@ -144,7 +130,7 @@ class Engine:
                 optimizer=optimizer,
                 loss=loss_function(loss) if isinstance(loss, str) else loss,
                 metrics=metrics or [keras.metrics.CategoricalAccuracy(name="accuracy")],
-                jit_compile=self.xla(total_steps),
+                jit_compile=self.jit_compile,
             )
 
     def restart(self, model, weights, seed=None):
