@@ -151,3 +151,35 @@ def test_replicas_micro_batches_and_a_kill_give_the_updates_of_one_device(tmp_pa
     assert_same_training(run(tmp_path / "k.npz", "--trainer", "distill", "--checkpoint_dir", str(tmp_path / "run")), reference)
     best = keras.saving.load_model(tmp_path / "run" / "best.keras", compile=False)
     assert best.name == "R1-1-1-1x1" and best.output.shape == (None, 2)  # the student, not the pair
+
+
+def test_a_resume_with_another_teacher_of_the_same_architecture_is_refused(tmp_path):
+    images, labels = colour_task(16, size=16)
+    settings = {"student_weights": None, "batch_size": 8, "steps": 1, "image_size": 16, "seed": 0}
+    teacher = bit_keras.BiT(TINY, num_classes=3, name="teacher")
+    distill.BiTDistiller(teacher, TINY, checkpoint_dir=str(tmp_path), **settings).fit((images, labels), verbose=0)
+    other = bit_keras.BiT(TINY, num_classes=3, name="teacher")  # the same name and shapes, other weights
+    distiller = distill.BiTDistiller(other, TINY, checkpoint_dir=str(tmp_path), **settings)
+    with pytest.raises(ValueError, match="is of another run: teacher="):
+        distiller.fit((images, labels), verbose=0)
+
+
+def test_data_of_other_classes_than_the_teachers_is_refused():
+    images, labels = colour_task(16, size=16)
+    distiller = distill.BiTDistiller(bit_keras.BiT(TINY, num_classes=5), TINY, student_weights=None, batch_size=8, steps=1)
+    three = data.from_arrays(images, labels, num_classes=3)
+    with pytest.raises(ValueError, match="train has 3 classes but the teacher 5.*fine-tuned on these classes"):
+        distiller.fit(three, verbose=0)
+    five = data.from_arrays(images, labels, num_classes=5)
+    with pytest.raises(ValueError, match="validation_data has 3 classes but the teacher 5"):
+        distiller.fit(five, validation_data=three, verbose=0)
+    with pytest.raises(ValueError, match="data_source has 3 classes but the teacher 5"):
+        distiller.evaluate(three, verbose=0)
+
+
+def test_the_student_takes_the_class_names_of_the_data():
+    images, labels = colour_task(16, size=16)
+    source = data.Source(data.from_arrays(images, labels).dataset, 16, 3, ["red", "green", "blue"])
+    distiller = distill.BiTDistiller(bit_keras.BiT(TINY, num_classes=3), TINY, student_weights=None, batch_size=8, steps=1)
+    distiller.fit(source, verbose=0)
+    assert distiller.student.class_names == ("red", "green", "blue")
