@@ -58,6 +58,42 @@ def flag(name, value):
     return bool(value)
 
 
+def class_names(name, value, classes, of=None):
+    """`value` as a tuple of `classes` strings, one name per class in class order, or a ValueError naming `name`.
+
+    A string is not a list of names (it would read one name per character),
+    nor is an id-to-label dict; `of` says whose classes they must match
+    (by default "the head has `classes` classes").
+
+    >>> class_names("class_names", ["cat", "dog"], 2)
+    ('cat', 'dog')
+    >>> class_names("class_names", ["cat", "dog"], 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: class_names has 2 names but the head has 3 classes; pass one name per class, in class order.
+    """
+    if isinstance(value, (str, bytes)):
+        raise ValueError(
+            f"{name} must be a list of strings, one name per class, got the string {value!r:.80}. Pass e.g. ['cat', 'dog']."
+        )
+    if isinstance(value, dict):
+        raise ValueError(
+            f"{name} must be a list of strings in class order, got a dict. For an id-to-label dict pass "
+            f"[labels[i] for i in range({classes})]."
+        )
+    try:
+        names = tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a list of strings, one name per class, got {value!r:.80}.") from None
+    wrong = [item for item in names if not isinstance(item, str)]
+    if wrong:
+        raise ValueError(f"{name} must be a list of strings, one name per class; {wrong[0]!r} is not a string.")
+    if len(names) != classes:
+        of = of or f"the head has {classes} classes"
+        raise ValueError(f"{name} has {len(names)} names but {of}; pass one name per class, in class order.")
+    return names
+
+
 def crop_area(value):
     """(low, high): the share of the image area a random crop covers, 0 < low <= high <= 1."""
     try:

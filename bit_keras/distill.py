@@ -313,7 +313,7 @@ class BiTDistiller:
         }
         if source.class_names:
             # What the student's head now predicts, as the fine-tuner names its model's.
-            self.student.class_names = tuple(str(name) for name in source.class_names)
+            self.student.class_names = tuple(source.class_names)
         return self.engine.fit(
             self.model,
             lambda start_batch: self.train_pipeline(source, start_batch),

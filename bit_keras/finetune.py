@@ -389,9 +389,9 @@ class BiTFineTuner:
             )
         if self.image_size is None:
             self.image_size = tuple(int(d) for d in image.shape[:2])
-        if source.class_names and len(source.class_names) == self.num_classes:
+        if source.class_names:
             # What the head now predicts; `save_transformers` and `hub_export` write them with the model.
-            self.model.class_names = tuple(str(name) for name in source.class_names)
+            self.model.class_names = tuple(source.class_names)
 
 
 config.recipe_properties(BiTFineTuner, config.FineTuneRecipe)

@@ -136,8 +136,9 @@ def export_format(model, path, format="onnx", *, flavor=None, input_range=(0, 1)
     flavor = flavor or ("classification" if _has_head(model) else "feature_vector")
     if flavor not in OUTPUT_NAMES:
         raise ValueError(f"flavor must be one of {tuple(OUTPUT_NAMES)}, got {flavor!r}.")
-    if format == "onnx":
-        _check_float32(model)
+    names = _class_names(original, flavor)  # refused before the work of converting
+    if format in ("onnx", "litert"):
+        _check_float32(model, format)
     # Plain graphs: an XLA cluster is a PartitionedCall that tf2onnx cannot convert (see the module docstring).
     with bit_keras.layers.unfused():
         serving = _serving_model(model, flavor, low, high, image_size)
@@ -153,7 +154,7 @@ def export_format(model, path, format="onnx", *, flavor=None, input_range=(0, 1)
             "output": OUTPUT_NAMES[flavor],
             "output_size": int(serving.output[OUTPUT_NAMES[flavor]].shape[-1]),
             "parameters": int(sum(np.prod(v.shape) for v in serving.weights)),
-            **_class_names(original, flavor),
+            **names,
         }
         if format == "openvino":
             record["compile_config"] = dict(OPENVINO_CONFIG)
@@ -192,11 +193,14 @@ def _check_suffix(path, format):
         raise ValueError(f"A {format} export is a {suffix} file: {path} should end with {suffix}.")
 
 
-def _check_float32(model):
+def _check_float32(model, format):
+    # LiteRT converts half-precision ops only as Flex (select TensorFlow) ops, which its interpreter, and so
+    # `run_exported`, cannot run.
     dtypes = sorted({layer.compute_dtype for layer in model.layers if layer.compute_dtype != "float32"})
     if dtypes:
+        name = {"onnx": "ONNX", "litert": "LiteRT"}[format]
         raise ValueError(
-            f"Model {model.name!r} computes in {', '.join(dtypes)}; Keras' ONNX export needs a float32 model. "
+            f"Model {model.name!r} computes in {', '.join(dtypes)}; Keras' {name} export needs a float32 model. "
             f"Build it under keras.config.set_dtype_policy('float32') and copy the weights "
             f"(model.get_weights() / set_weights()), then export that."
         )

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 import bit_keras
-from bit_keras import checkpoints, preprocess, resnet
+from bit_keras import arguments, checkpoints, preprocess, resnet
 from hub_export._backend import require_tensorflow
 from hub_export.metadata import write_metadata
 
@@ -83,6 +83,7 @@ def export(model, path, *, flavor="feature_vector", input_range=(0, 1), overwrit
 
 
 def _export(model, path, flavor, low, high, overwrite):
+    names = _class_names(model, flavor)  # refused before the work of tracing
     network = _network(model, flavor)
     variables = _module_variables(network)
     call = _trace_call(network, variables, flavor, low, high)
@@ -95,7 +96,7 @@ def _export(model, path, flavor, low, high, overwrite):
         "output": OUTPUT_NAMES[flavor],
         "output_size": int(network.output.shape[-1]),
         "parameters": int(sum(np.prod(v.shape) for v in variables.values())),
-        **_class_names(model, flavor),
+        **names,
     }
     with checkpoints.atomic_folder(path, overwrite) as folder:
         archive.write_out(folder, verbose=False)
@@ -200,9 +201,9 @@ def _class_names(model, flavor):
     """{"class_names": [...]} of a classification export whose model has one name per logit, else {}."""
     names = getattr(model, "class_names", None)
     head = [layer for layer in model.layers if layer.name == resnet.HEAD_LAYER]
-    if flavor != "classification" or not names or not head or len(names) != head[0].units:
+    if flavor != "classification" or names is None or not head:
         return {}
-    return {"class_names": [str(name) for name in names]}
+    return {"class_names": list(arguments.class_names("model.class_names", names, head[0].units))}
 
 
 def _variant_name(model):

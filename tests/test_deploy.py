@@ -215,6 +215,8 @@ def test_refuses_bad_arguments(state, tmp_path):
     keras.config.set_dtype_policy("mixed_float16")
     with pytest.raises(ValueError, match="float16.*ONNX export needs a float32 model"):
         hub_export.export_format(bit_keras.BiT(TINY, num_classes=CLASSES), str(tmp_path / "m.onnx"), "onnx")
+    with pytest.raises(ValueError, match="float16.*LiteRT export needs a float32 model"):  # its interpreter could not run it
+        hub_export.export_format(bit_keras.BiT(TINY, num_classes=CLASSES), str(tmp_path / "m.tflite"), "litert")
     assert os.listdir(tmp_path) == []
 
 

@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-from bit_keras import optional
+from bit_keras import arguments, optional
 
 tf = optional.tensorflow("bit_keras.data (tf.data pipelines, from_tfds, from_folder, from_arrays)")
 
@@ -58,6 +58,12 @@ class Source:
     num_classes: int
     class_names: list | None = None
     by_index: object = None
+
+    def __post_init__(self):
+        self.num_classes = arguments.positive_int("num_classes", self.num_classes)
+        if self.class_names is not None:
+            names = arguments.class_names("class_names", self.class_names, self.num_classes, f"num_classes is {self.num_classes}")
+            self.class_names = list(names)
 
 
 def from_tfds(name, split="train", data_dir=None, image_key="image", label_key="label"):
@@ -140,7 +146,7 @@ def from_arrays(images, labels, num_classes=None):
         raise ValueError("from_arrays got no examples; pass at least one image and label.")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(_label_type_error(labels))
-    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    num_classes = int(labels.max()) + 1 if num_classes is None else arguments.positive_int("num_classes", num_classes)
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(
             f"labels must lie in [0, num_classes={num_classes}); they span [{labels.min()}, {labels.max()}]. "
@@ -291,7 +297,7 @@ def as_source(data, num_classes=None, dataset_size=None):
                 "A tf.data.Dataset does not say how many examples and classes it has: pass dataset_size= and "
                 "num_classes= to the trainer, or use bit_keras.data.from_arrays / from_folder / from_tfds."
             )
-        return Source(data, int(dataset_size), int(num_classes))
+        return Source(data, arguments.positive_int("dataset_size", dataset_size), num_classes)
     raise TypeError(
         f"Training data must be a bit_keras.data.Source, (images, labels) arrays or a tf.data.Dataset "
         f"of (image, label) pairs; got {type(data).__name__}."
