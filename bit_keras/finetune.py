@@ -301,7 +301,6 @@ class BiTFineTuner:
         if self._kept_fold and self._kept_fold[0] is self.model and self._kept_fold[1] == compiled:
             return fold(self.model, into=self._kept_fold[2])
         folded = fold(self.model)
-        folded.trainable = False  # nothing to train: `evaluate` then builds its optimizer with no variables
         settings = keras.saving.deserialize_keras_object(compiled) if compiled else {}  # {} before `fit` or `evaluate`
         if keras.backend.backend() != "torch":
             # One XLA program for the whole forward pass: on TensorFlow it compiles faster than the per-layer

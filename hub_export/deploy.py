@@ -132,11 +132,11 @@ def export_format(model, path, format="onnx", *, flavor=None, input_range=(0, 1)
     if format == "openvino":
         checkpoints.refuse_existing(openvino_bin(path), overwrite)
 
-    original, model = model, _deployable(model)  # the fold does not carry `model.class_names`
+    model = _deployable(model)
     flavor = flavor or ("classification" if _has_head(model) else "feature_vector")
     if flavor not in OUTPUT_NAMES:
         raise ValueError(f"flavor must be one of {tuple(OUTPUT_NAMES)}, got {flavor!r}.")
-    names = _class_names(original, flavor)  # refused before the work of converting
+    names = _class_names(model, flavor)  # refused before the work of converting
     if format in ("onnx", "litert"):
         _check_float32(model, format)
     # Plain graphs: an XLA cluster is a PartitionedCall that tf2onnx cannot convert (see the module docstring).
