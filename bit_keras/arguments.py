@@ -51,10 +51,19 @@ def non_negative_float(name, value):
     return float(value)
 
 
-def flag(name, value):
-    """`value` as a bool: True or False only (not the string "False", not 0)."""
+def flag(name, value, also=()):
+    """`value` as a bool: True or False only (not the string "False", not 0), or one of the strings `also` as given.
+
+    >>> flag("verify", 1, also=("auto",))
+    Traceback (most recent call last):
+    ...
+    ValueError: verify must be True, False or 'auto', got 1.
+    """
+    if isinstance(value, str) and value in also:
+        return value
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False, got {value!r}.")
+        choices = ["True", "False", *map(repr, also)]
+        raise ValueError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}.")
     return bool(value)
 
 

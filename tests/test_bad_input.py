@@ -43,6 +43,14 @@ def test_arguments_of_the_wrong_kind_are_refused_by_name(call, match):
         call()
 
 
+def test_from_folder_takes_only_true_false_or_auto_for_verify(tmp_path):
+    (tmp_path / "cat").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), "uint8")).save(tmp_path / "cat" / "a.png")
+    for verify in (1, 0, "yes", None):
+        with pytest.raises(ValueError, match=f"verify must be True, False or 'auto', got {verify!r}"):
+            data.from_folder(tmp_path, verify=verify)
+
+
 def test_class_names_as_one_string_are_refused(tmp_path):
     model = bit_keras.BiT(TINY, num_classes=5)
     with pytest.raises(ValueError, match="class_names must be a list of strings"):

@@ -199,6 +199,7 @@ def from_folder(path, extensions=(".jpg", ".jpeg", ".png", ".bmp", ".gif"), veri
     >>> source.num_examples, source.class_names
     (2, ['cat', 'dog'])
     """
+    verify = arguments.flag("verify", verify, also=("auto",))  # 1 is refused: it passed as True, then verified nothing
     root = pathlib.Path(path)
     if not root.is_dir():
         raise ValueError(f"{path} is not a folder. Pass a folder holding one sub-folder of images per class.")
@@ -225,8 +226,6 @@ def from_folder(path, extensions=(".jpg", ".jpeg", ".png", ".bmp", ".gif"), veri
             f"{'/'.join('.' + e for e in extensions)} images: {_some(skipped)}",
             stacklevel=2,
         )
-    if verify not in (True, False, "auto"):
-        raise ValueError(f"verify must be True, False or 'auto', got {verify!r}.")
     if verify is True or (verify == "auto" and len(paths) <= VERIFY_UP_TO):
         with concurrent.futures.ThreadPoolExecutor(max_workers=_IO_THREADS) as pool:
             decodes = list(pool.map(_decodes, paths, chunksize=64))

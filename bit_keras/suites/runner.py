@@ -119,7 +119,7 @@ class _Context:
     def configs(self, task, k):
         """The (FineTuneRecipe, RunConfig) of run k of `task`: the suite's protocol, then what the caller set."""
         run = {name: value for name, value in self.run.items() if value is not None}
-        run["batch_size"] = run.get("batch_size") or task.batch_size or hyperrule.REFERENCE_BATCH_SIZE
+        run.setdefault("batch_size", task.batch_size or hyperrule.REFERENCE_BATCH_SIZE)  # a given 0 is refused, not replaced
         run["seed"] = self.seed(k)
         root = run.get("checkpoint_dir") or os.path.join(self.out, "backups")
         run["checkpoint_dir"] = os.path.join(root, task.name, f"run{k}")
@@ -143,15 +143,27 @@ class _Context:
     def path(self, task, k):
         return os.path.join(self.out, "runs", task.name, f"run{k}.json")
 
-    def finished(self, task, k):
-        """The record of a finished run k of `task`, or None; a record of other settings is refused."""
+    def finished(self, task, k, redo=True):
+        """The record of a finished run k of `task`, or None; a record of other settings is refused.
+
+        A damaged record (half-written, or not a run's) is said and counts as
+        no record: the run is done again when `redo`, else left out of the table.
+        """
+        path = self.path(task, k)
         try:
-            with open(self.path(task, k)) as f:
+            with open(path) as f:
                 record = json.load(f)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as error:
-            raise ValueError(f"{self.path(task, k)} is unreadable ({error}); delete it to run {task.name} again.") from None
+        except ValueError as error:
+            return _damaged(path, f"not JSON: {error}", task, k, redo)
+        except OSError as error:
+            raise ValueError(f"{path} is unreadable ({error}); delete it to run {task.name} again.") from None
+        if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+            return _damaged(path, "no 'settings' object", task, k, redo)
+        top1 = record.get("top1")
+        if isinstance(top1, bool) or not isinstance(top1, (int, float)):
+            return _damaged(path, f"'top1' is {top1!r}, not a number", task, k, redo)
         expected = self.fingerprint(task, k)
         differences = config.fingerprint_differences(record["settings"], expected)
         if differences:
@@ -166,7 +178,7 @@ class _Context:
         records = []
         for k in range(runs):
             try:
-                record = self.finished(task, k)
+                record = self.finished(task, k, redo=False)
             except ValueError:
                 record = None
             if record is not None:
@@ -244,6 +256,12 @@ class _Context:
         if distribute.is_chief() and (final or any(self.records.values())):
             report.plot(self.suite, results, os.path.join(self.out, f"{self.suite.name}.png"))
         return results
+
+
+def _damaged(path, what, task, k, redo):
+    """Says that the record at `path` is damaged (`what`), and what becomes of run k of `task`; returns None."""
+    then = "it is run again" if redo else f"it is left out of the table; --tasks {task.name} runs it again"
+    print(f"[reproduce] {path} is damaged ({what}): the record of {task.name} run {k + 1} does not count, {then}")
 
 
 def _released_name(variant, k, task):
