@@ -264,7 +264,7 @@ class BiTDistiller:
         self.recipe, run = config.resolve(config.DistillRecipe, recipe, run, settings, batch_size=DISTILL_BATCH_SIZE)
         self.engine = training.Engine(run)
         self.teacher = self._teacher(teacher)
-        self.num_classes = int(self.teacher.output.shape[-1])
+        self.num_classes = _classes(self.teacher, "teacher")
         self.student = self._student(student, student_weights)
         # After the student: copying the teacher under a strategy draws random numbers, which
         # must not change the student's initialisation between one device and several.
@@ -406,7 +406,7 @@ class BiTDistiller:
 
     def _student(self, student, weights):
         if isinstance(student, keras.Model):
-            classes = int(student.output.shape[-1])
+            classes = _classes(student, "student")
             if classes != self.num_classes:
                 raise ValueError(
                     f"The student has {classes} outputs but the teacher {self.num_classes}. Build it with "
@@ -417,6 +417,24 @@ class BiTDistiller:
             weights = release_name(student)
         with self.engine.scope():
             return BiT(student, weights=weights, num_classes=self.num_classes, mixed_precision=self.engine.run.mixed_precision)
+
+
+_FIX = {
+    "teacher": "Pass a fine-tuned BiT classifier, or the file it was saved to.",
+    "student": "Pass a variant name (e.g. student='BiT-M-R50x1'), or bit_keras.BiT(variant, num_classes=...).",
+}
+
+
+def _classes(model, role):
+    """The number of logits of the `role` ("teacher" or "student") model, or an error saying what it must be."""
+    try:
+        return int(model.output.shape[-1])
+    except (AttributeError, ValueError):  # Keras: "has never been called and thus has no defined output"
+        raise ValueError(
+            f"The {role} {model.name!r} ({type(model).__name__}) has no defined output: the {role} must be a "
+            f"bit_keras.BiT classifier, or a functional Keras model built on its input (keras.Input), whose output "
+            f"is one logit per class. {_FIX[role]}"
+        ) from None
 
 
 config.recipe_properties(BiTDistiller, config.DistillRecipe)

@@ -321,3 +321,41 @@ def test_a_saved_model_with_truncated_variables_is_named(tmp_path):
     for load in (lambda: bit_keras.BiT(None, weights=str(path)), lambda: hub_export.load(path)):
         with pytest.raises(ValueError, match=rf"{path}.*variables/variables.data may be truncated"):
             load()
+
+
+@pytest.mark.parametrize(
+    "trainer,recipe,run,message",
+    [
+        (
+            "finetune",
+            bit_keras.config.RunConfig(),
+            bit_keras.config.FineTuneRecipe(),
+            "recipe must be a config.FineTuneRecipe.*got a RunConfig: that is the run=",
+        ),
+        (
+            "finetune",
+            bit_keras.config.PretrainRecipe(),
+            None,
+            "recipe must be a config.FineTuneRecipe.*got a PretrainRecipe: that is BiTPretrainer's recipe=",
+        ),
+        ("finetune", None, bit_keras.config.FineTuneRecipe(), "run must be a config.RunConfig.*got a FineTuneRecipe"),
+        ("finetune", None, "fast", "run must be a config.RunConfig or a dict of its fields, got a str"),
+        ("finetune", {"steps": 1, "speed": 2}, None, r"recipe: FineTuneRecipe has no field\(s\) speed"),
+        ("pretrain", bit_keras.config.DistillRecipe(), None, "recipe must be a config.PretrainRecipe.*got a DistillRecipe"),
+        ("distill", bit_keras.config.FineTuneRecipe(), None, "recipe must be a config.DistillRecipe.*got a FineTuneRecipe"),
+    ],
+)
+def test_config_objects_of_the_wrong_kind_are_refused_naming_the_expected_class(trainer, recipe, run, message):
+    model = bit_keras.BiT(TINY, num_classes=3)
+    make = {
+        "finetune": lambda: bit_keras.BiTFineTuner(model, recipe, run),
+        "pretrain": lambda: bit_keras.BiTPretrainer(model, recipe, run),
+        "distill": lambda: bit_keras.BiTDistiller(model, TINY, recipe, run, student_weights=None),
+    }[trainer]
+    with pytest.raises(TypeError, match=message):
+        make()
+
+
+def test_config_objects_may_be_dicts_of_their_fields():
+    tuner = bit_keras.BiTFineTuner(bit_keras.BiT(TINY, num_classes=3), {"steps": 3}, {"batch_split": 2})
+    assert (tuner.steps, tuner.batch_split, tuner.batch_size) == (3, 2, 512)  # the trainer's default batch kept

@@ -183,3 +183,9 @@ def test_the_student_takes_the_class_names_of_the_data():
     distiller = distill.BiTDistiller(bit_keras.BiT(TINY, num_classes=3), TINY, student_weights=None, batch_size=8, steps=1)
     distiller.fit(source, verbose=0)
     assert distiller.student.class_names == ("red", "green", "blue")
+
+
+def test_a_student_without_a_defined_output_is_refused_by_name():
+    unbuilt = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(3)], name="mine")
+    with pytest.raises(ValueError, match=r"The student 'mine' \(Sequential\) has no defined output.*student='BiT-M-R50x1'"):
+        distill.BiTDistiller(bit_keras.BiT(TINY, num_classes=3), unbuilt)

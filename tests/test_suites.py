@@ -594,3 +594,8 @@ def test_reproduce_help_lists_the_config_flags(capsys):
         assert flag in text, flag
     assert "--flip" not in text and "--random_crop" not in text  # each task's own: they keep the label
     assert "{fewshot,paper,vtab1k}" in text
+
+
+def test_settings_of_the_wrong_kind_are_refused_naming_the_suite_config():
+    with pytest.raises(TypeError, match="settings must be a config.SuiteConfig or a dict of its fields, got a RunConfig"):
+        suites.reproduce("vtab1k", "R1-1-1-1x1", weights=None, settings=config.RunConfig())

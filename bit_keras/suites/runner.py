@@ -50,7 +50,7 @@ def reproduce(
         callbacks: extra Keras callbacks for every fine-tuning run.
     """
     suite = get(suite) if isinstance(suite, str) else suite
-    settings = settings or config.SuiteConfig()
+    settings = config.as_config(config.SuiteConfig, settings if settings is not None else {}, "settings")
     run, recipe = dict(run or {}), {k: v for k, v in (recipe or {}).items() if v is not None}
     if isinstance(variant, str) and variant.lower() == "auto":
         raise ValueError(

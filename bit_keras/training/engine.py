@@ -55,7 +55,7 @@ class Engine:
     """
 
     def __init__(self, run=None, **settings):
-        self.run = run = run if run is not None else config.RunConfig(**settings)
+        self.run = run = config.as_config(config.RunConfig, run, "run") if run is not None else config.RunConfig(**settings)
         self.jit_compile = run.jit_compile
         self.batch_size = run.batch_size
         self.batch_split = run.batch_split
