@@ -259,6 +259,18 @@ def test_a_killed_best_keras_write_is_cleaned_and_a_second_run_on_the_folder_is_
     assert not left_over.exists() and (tmp_path / "best.keras").exists() and not lock.exists()
 
 
+@pytest.mark.parametrize("damage", ["", "not json", "[1, 2]", "{}", "folder"])
+def test_a_lock_that_cannot_be_read_is_called_damaged_with_how_to_clear_it(tmp_path, damage):
+    lock = tmp_path / training.LOCK
+    if damage == "folder":
+        lock.mkdir()
+    else:
+        lock.write_text(damage)
+    with pytest.raises(ValueError, match=rf"its lock {lock} is damaged .*If no run is using this folder, delete {lock}"):
+        with training.backups.run_lock(str(tmp_path)):
+            pass
+
+
 def test_a_checkpoint_dir_that_is_a_file_is_refused_before_training(tmp_path):
     images, labels = colour_task(16)
     (tmp_path / "file").write_text("not a folder")

@@ -48,6 +48,13 @@ def run_lock(folder):
             break
         except FileExistsError:
             holder = _read_lock(path)
+            if holder is None:
+                # No owner can be named, so none can be checked for life; taking it over could run two at once.
+                raise ValueError(
+                    f"checkpoint_dir={folder!r}: its lock {path} is damaged (empty, not JSON, not a run's record, or "
+                    f"not a file), so the run that holds the folder cannot be named. If no run is using this folder, "
+                    f"delete {path} and start again; otherwise pass another checkpoint_dir."
+                ) from None
             pid = holder.get("pid")
             alive = isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and checkpoints.process_alive(pid)
             stale = holder.get("host") == owner["host"] and not alive
@@ -72,12 +79,13 @@ def run_lock(folder):
 
 
 def _read_lock(path):
+    """The {"host", "pid"} record of the lock at `path`, or None when it cannot be read as one."""
     try:
         with open(path) as f:
             holder = json.load(f)
-        return holder if isinstance(holder, dict) else {}
     except (OSError, ValueError):
-        return {}
+        return None
+    return holder if isinstance(holder, dict) and {"host", "pid"} <= set(holder) else None
 
 
 class Backups:
