@@ -75,7 +75,7 @@ def test_a_tpu_name_implies_the_tpu_strategy(monkeypatch):
     assert asked == [("tpu", "my-tpu"), ("default", None)]
 
 
-def test_a_tpu_address_where_nothing_listens_fails_within_the_timeout():
+def test_a_tpu_address_where_nothing_listens_fails_within_the_timeout(capsys):
     with socket.socket() as unused:  # a port that was free a moment ago, so nothing listens there
         unused.bind(("127.0.0.1", 0))
         address = f"grpc://127.0.0.1:{unused.getsockname()[1]}"
@@ -83,6 +83,7 @@ def test_a_tpu_address_where_nothing_listens_fails_within_the_timeout():
     with pytest.raises(ValueError, match=f"nothing answered at {address} within 2 s"):
         distribute.resolve_strategy("tpu", tpu=address, connect_timeout=2)
     assert time.monotonic() - started < 30
+    assert f"waiting up to 2 s (connect_timeout) for the TPU at {address} to answer" in capsys.readouterr().err  # at once
 
 
 def test_a_tpu_name_that_cannot_be_looked_up_is_named(monkeypatch):
