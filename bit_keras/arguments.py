@@ -15,6 +15,7 @@ ValueError: steps must be a positive integer, got 1.5.
 import argparse
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -65,6 +66,22 @@ def flag(name, value, also=()):
         choices = ["True", "False", *map(repr, also)]
         raise ValueError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}.")
     return bool(value)
+
+
+def path(name, value):
+    """`value` as a str path: a non-empty str or os.PathLike, or a ValueError naming `name`.
+
+    >>> path("checkpoint_dir", 5)
+    Traceback (most recent call last):
+    ...
+    ValueError: checkpoint_dir must be a path (a str or os.PathLike), got int 5.
+    """
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"{name} must be a path (a str or os.PathLike), got {type(value).__name__} {value!r:.80}.")
+    text = os.fspath(value)
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"{name} must be a path (a str or os.PathLike), got {value!r:.80}.")
+    return text
 
 
 def class_names(name, value, classes, of=None):

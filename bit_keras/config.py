@@ -47,6 +47,13 @@ def _optional(choices, value, name):
         raise ValueError(f"{name} must be None or one of {choices}, got {value!r}.")
 
 
+def _optional_path(config, name):
+    """Checks the path field `name` of a frozen `config` where it is set, and holds it as a str."""
+    value = getattr(config, name)
+    if value is not None:
+        object.__setattr__(config, name, arguments.path(name, value))
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Where and how a run trains: the same for every trainer, read by `training.Engine`."""
@@ -79,6 +86,9 @@ class RunConfig:
         if self.jit_compile not in ("auto", True, False):
             raise ValueError(f"jit_compile must be 'auto', True or False, got {self.jit_compile!r}.")
         _optional(MIXED_PRECISION, self.mixed_precision, "mixed_precision")
+        _optional_path(self, "checkpoint_dir")
+        if self.tpu is not None and not isinstance(self.tpu, str):  # "" is the TPU of a TPU VM
+            raise ValueError(f"tpu must be a TPU name or grpc:// address (a str), got {type(self.tpu).__name__} {self.tpu!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +240,8 @@ class SuiteConfig:
         arguments.flag("evaluate_released", self.evaluate_released)
         arguments.flag("pin_versions", self.pin_versions)
         arguments.flag("keep_backups", self.keep_backups)
+        _optional_path(self, "out")
+        _optional_path(self, "tfds_data_dir")
 
 
 # What each config object is for: named when one is passed where another was expected.

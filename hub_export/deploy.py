@@ -37,7 +37,7 @@ import keras
 import numpy as np
 
 import bit_keras
-from bit_keras import checkpoints, preprocess, resnet
+from bit_keras import arguments, checkpoints, preprocess, resnet
 from bit_keras.optional import require
 from hub_export._backend import require_tensorflow
 from hub_export.exporter import OUTPUT_NAMES, _check_input_range, _class_names, _network, _variant_name
@@ -124,7 +124,7 @@ def export_format(model, path, format="onnx", *, flavor=None, input_range=(0, 1)
         raise ValueError(f"format must be one of {tuple(FORMATS)}, got {format!r}.")
     low, high = _check_input_range(input_range)
     image_size = _check_image_size(image_size)
-    path = os.path.abspath(os.fspath(path))
+    path = os.path.abspath(arguments.path("path", path))
     _check_suffix(path, format)
     for module, package in CONVERTERS.get(format, ()):
         require(module, package)

@@ -74,7 +74,7 @@ def export(model, path, *, flavor="feature_vector", input_range=(0, 1), overwrit
     if flavor not in FLAVORS:
         raise ValueError(f"flavor must be one of {FLAVORS}, got {flavor!r}.")
     low, high = _check_input_range(input_range)
-    path = os.path.abspath(os.fspath(path))
+    path = os.path.abspath(arguments.path("path", path))
     checkpoints.refuse_existing(path, overwrite)
 
     # Plain graphs, with no XLA cluster in them (saving traces too): the module runs wherever TensorFlow does.

@@ -372,3 +372,48 @@ def test_config_objects_of_the_wrong_kind_are_refused_naming_the_expected_class(
 def test_config_objects_may_be_dicts_of_their_fields():
     tuner = bit_keras.BiTFineTuner(bit_keras.BiT(TINY, num_classes=3), {"steps": 3}, {"batch_split": 2})
     assert (tuner.steps, tuner.batch_split, tuner.batch_size) == (3, 2, 512)  # the trainer's default batch kept
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: bit_keras.config.RunConfig(checkpoint_dir=5), "checkpoint_dir must be a path .*got int 5"),
+        (
+            lambda: BiTFineTuner(bit_keras.BiT(TINY, num_classes=2), checkpoint_dir=123),
+            "checkpoint_dir must be a path .*got int 123",
+        ),
+        (lambda: bit_keras.config.RunConfig(checkpoint_dir=""), "checkpoint_dir must be a path"),
+        (lambda: bit_keras.config.RunConfig(tpu=5), "tpu must be a TPU name or grpc:// address"),
+        (lambda: bit_keras.config.SuiteConfig(out=5), "out must be a path .*got int 5"),
+        (lambda: bit_keras.config.SuiteConfig(tfds_data_dir=["data"]), "tfds_data_dir must be a path"),
+    ],
+)
+def test_path_fields_of_configs_are_refused_when_the_config_is_made(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_export_paths_that_are_not_paths_are_refused_by_name():
+    import hub_export
+
+    model = bit_keras.BiT(TINY, num_classes=2)
+    with pytest.raises(ValueError, match="path must be a path .*got NoneType None"):
+        hub_export.export_format(model, None, "litert")
+    with pytest.raises(ValueError, match="path must be a path .*got NoneType None"):
+        hub_export.export(model, None)
+
+
+def test_reproduce_out_must_be_a_writable_folder(tmp_path):
+    from bit_keras import suites
+
+    taken = tmp_path / "results.txt"
+    taken.write_text("mine")
+    settings = bit_keras.config.SuiteConfig(out=str(taken), tasks="dtd")
+    with pytest.raises(ValueError, match=r"out=.*results.txt' \(--out\) is a file: results go in a folder"):
+        suites.reproduce("vtab1k", "R1-1-1-1x1", weights=None, settings=settings)
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        settings = bit_keras.config.SuiteConfig(out=str(locked), tasks="dtd")
+        with pytest.raises(ValueError, match=r"\(--out\) is not a writable folder"):
+            suites.reproduce("vtab1k", "R1-1-1-1x1", weights=None, settings=settings)

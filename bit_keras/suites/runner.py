@@ -68,7 +68,7 @@ def reproduce(
         weights = release_name(variant)
     chosen = _chosen_tasks(suite, settings)
     context = _Context(suite, variant, weights, settings, run, recipe, out, callbacks, verbose)
-    os.makedirs(out, exist_ok=True)
+    _make_folder(out)
     source = (
         "released per-task models" if settings.evaluate_released else f"weights {weights or 'random (a check of the machinery)'}"
     )
@@ -256,6 +256,18 @@ class _Context:
         if distribute.is_chief() and (final or any(self.records.values())):
             report.plot(self.suite, results, os.path.join(self.out, f"{self.suite.name}.png"))
         return results
+
+
+def _make_folder(out):
+    """Makes the results folder `out`, or says, naming --out, why it cannot be one (before the runs' backups do)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"out={out!r} (--out) is a file: results go in a folder. Pass the path of a folder, new or existing.")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"out={out!r} (--out) cannot be made a folder: {error.strerror or error}. Choose another.") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"out={out!r} (--out) is not a writable folder. Choose a folder you can write.")
 
 
 def _damaged(path, what, task, k, redo):

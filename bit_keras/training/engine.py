@@ -68,7 +68,7 @@ class Engine:
                 f"{self.replicas} replica(s), i.e. be a multiple of {self.batch_split * self.replicas}. "
                 f"Change batch_size or batch_split."
             )
-        self.checkpoint_dir = None if run.checkpoint_dir is None else os.fspath(run.checkpoint_dir)
+        self.checkpoint_dir = run.checkpoint_dir
         self.fused = True  # until `compile` knows the run's length
         self._set_seed(run.seed)
 
