@@ -337,3 +337,23 @@ def test_save_writes_keras_files_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         cli.write_outputs(bit_keras.BiT(bit_keras.Variant((1, 1, 1, 1)), num_classes=2), args)
     assert target.read_bytes() == b"previous" and os.listdir(tmp_path) == ["m.keras"]
+
+
+@pytest.mark.parametrize(
+    "argv,advice",
+    [
+        (["finetune", "--dataset", "d", "--flip", "false"], "--flip takes no value: --flip turns it on, --no-flip off"),
+        (
+            ["distill", "--dataset", "d", "--teacher", "t.keras", "--consistent", "False"],
+            "--consistent takes no value: --consistent turns it on, --no-consistent off",
+        ),
+        (["finetune", "--dataset", "d", "--overwrite", "yes"], "--overwrite takes no value: give it alone"),
+    ],
+)
+def test_a_value_given_to_a_boolean_flag_names_the_no_form(argv, advice, capsys):
+    from bit_keras import cli
+
+    with pytest.raises(SystemExit) as exit:
+        cli.main(argv)
+    assert exit.value.code == 2
+    assert advice in capsys.readouterr().err
