@@ -145,6 +145,22 @@ def sizes(value, name="sizes"):
     return resize, crop
 
 
+def image_size(value, name="image_size"):
+    """(height, width), two positive integers, from that pair or from one side length of square images.
+
+    >>> image_size(32)
+    (32, 32)
+    """
+    if _is_int(value):
+        side = positive_int(name, value)
+        return side, side
+    try:
+        height, width = value
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be (height, width) or one side length, e.g. (32, 32) or 32; got {value!r}.") from None
+    return positive_int(f"{name}[0] (height)", height), positive_int(f"{name}[1] (width)", width)
+
+
 def comma_pair(kind, name):
     """An argparse `type` reading the flag `--name` as two `kind` values separated by a comma.
 

@@ -91,7 +91,7 @@ class BiTFineTuner:
         self.recipe, run = config.resolve(config.FineTuneRecipe, recipe, run, settings, batch_size=hyperrule.REFERENCE_BATCH_SIZE)
         self.engine = training.Engine(run)
         self.dataset_size = None if dataset_size is None else hyperrule.check_dataset_size(dataset_size)
-        self.image_size = image_size
+        self.image_size = None if image_size is None else arguments.image_size(image_size)
         self._given_sizes = (self.dataset_size, self.image_size)  # the rest is read from each run's data
         self.num_classes = None if num_classes is None else arguments.positive_int("num_classes", num_classes)
         self.model = self._build(model_or_variant, weights)
@@ -129,7 +129,7 @@ class BiTFineTuner:
             )
         return hyperrule.HyperRule(
             self.dataset_size,
-            tuple(self.image_size),
+            self.image_size,
             self.batch_size,
             self.base_lr,
             self.rule,

@@ -417,3 +417,29 @@ def test_reproduce_out_must_be_a_writable_folder(tmp_path):
         settings = bit_keras.config.SuiteConfig(out=str(locked), tasks="dtd")
         with pytest.raises(ValueError, match=r"\(--out\) is not a writable folder"):
             suites.reproduce("vtab1k", "R1-1-1-1x1", weights=None, settings=settings)
+
+
+def test_small_data_and_model_mistakes_are_named():
+    images, labels = colour_task(8, size=16)
+    for num_classes in ("3", 3.0):
+        with pytest.raises(ValueError, match=f"num_classes must be a positive integer, got {num_classes!r}"):
+            data.from_arrays(images, labels, num_classes=num_classes)
+    with pytest.raises(ValueError, match=r"images must be equally sized.*2 shapes.*use from_folder"):
+        data.from_arrays([images[0], images[1, :8]], [0, 1])
+    with pytest.raises(ValueError, match=r"labels must be one class id per image.*look like images: pass \(images, labels\)"):
+        data.as_source([images[0], images[1]])
+    batched = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    with pytest.raises(ValueError, match=r"is batched .*dataset.unbatch\(\)"):
+        data.as_source(batched, 2, 8)
+    unbatched = tf.data.Dataset.from_tensor_slices((images, labels))
+    pretrainer = bit_keras.BiTPretrainer(bit_keras.BiT(TINY, num_classes=2), batch_size=4, steps=1, image_size=16)
+    for trainer in (pretrainer, bit_keras.BiTDistiller(bit_keras.BiT(TINY, num_classes=2), TINY, student_weights=None)):
+        with pytest.raises(ValueError, match=r"wrap it as bit_keras.data.Source\(dataset, num_examples, num_classes\)"):
+            trainer.fit(unbatched, verbose=0)
+    with pytest.raises(ValueError, match="BiTPretrainer trains a classifier: build the model with include_top=True"):
+        bit_keras.BiTPretrainer(bit_keras.BiT(TINY, include_top=False, pooling="avg"))
+    tuner = BiTFineTuner(bit_keras.BiT(TINY, num_classes=2), dataset_size=100, image_size=32)
+    assert tuner.resolution == (160, 128)  # one side length: square images
+    for image_size, message in (((32,), r"image_size must be \(height, width\)"), ((32, 0), r"image_size\[1\] \(width\)")):
+        with pytest.raises(ValueError, match=message):
+            BiTFineTuner(bit_keras.BiT(TINY, num_classes=2), dataset_size=100, image_size=image_size)

@@ -135,12 +135,13 @@ def from_arrays(images, labels, num_classes=None):
     >>> image.shape, image.dtype.name, int(image[0, 0, 2])
     (TensorShape([10, 10, 3]), 'uint8', 200)
     """
-    images = _as_uint8_rgb(np.asarray(images))
+    images = _as_uint8_rgb(_stacked(images))
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(images):
+        like_images = " They look like images: pass (images, labels), not a list of images." if labels.ndim >= 2 else ""
         raise ValueError(
             f"labels must be one class id per image: got labels of shape {labels.shape} for "
-            f"{len(images)} images. Pass a 1-D array of {len(images)} integers."
+            f"{len(images)} images. Pass a 1-D array of {len(images)} integers.{like_images}"
         )
     if len(labels) == 0:
         raise ValueError("from_arrays got no examples; pass at least one image and label.")
@@ -291,10 +292,17 @@ def as_source(data, num_classes=None, dataset_size=None):
                 f"A tf.data.Dataset for training must yield (image, label) pairs or {{'image', 'label'}} dicts, one "
                 f"example at a time (unbatched); this one yields {spec}. Map it to (image, label) first."
             )
+        image_spec = data.element_spec[0]
+        if image_spec.shape.rank == 4:
+            raise ValueError(
+                f"This tf.data.Dataset is batched (images of shape {image_spec.shape}): the trainers batch it themselves, "
+                f"one global batch per update. Pass it unbatched: dataset.unbatch()."
+            )
         if dataset_size is None or num_classes is None:
             raise ValueError(
-                "A tf.data.Dataset does not say how many examples and classes it has: pass dataset_size= and "
-                "num_classes= to the trainer, or use bit_keras.data.from_arrays / from_folder / from_tfds."
+                "A tf.data.Dataset does not say how many examples and classes it has: wrap it as "
+                "bit_keras.data.Source(dataset, num_examples, num_classes) (BiTFineTuner also takes dataset_size= and "
+                "num_classes=), or use bit_keras.data.from_arrays / from_folder / from_tfds."
             )
         return Source(data, arguments.positive_int("dataset_size", dataset_size), num_classes)
     raise TypeError(
@@ -398,6 +406,19 @@ def _to_rgb(image):
     if channels == 3:
         return image
     raise ValueError(f"Images must have 1, 3 or 4 channels, got shape {image.shape}.")
+
+
+def _stacked(images):
+    """`images` as one array; images of different sizes cannot be one, and are refused saying what takes them."""
+    try:
+        return np.asarray(images)
+    except ValueError:  # NumPy: "inhomogeneous shape"
+        sizes = sorted({np.shape(image) for image in images})
+        raise ValueError(
+            f"images must be equally sized to make one (N, H, W, 3) array; these come in {len(sizes)} shapes "
+            f"({', '.join(map(str, sizes[:3]))}{', ...' if len(sizes) > 3 else ''}). Resize them to one size, or save them "
+            f"in one folder per class and use from_folder, which takes images of any size."
+        ) from None
 
 
 def _as_uint8_rgb(images):
