@@ -395,22 +395,36 @@ class BiTDistiller:
         if isinstance(teacher, keras.Model):
             model = teacher
         else:
-            with self.engine.scope():
-                model = BiT(None, weights=teacher, mixed_precision=self.engine.run.mixed_precision)
+            try:
+                with self.engine.scope():
+                    model = BiT(None, weights=teacher, mixed_precision=self.engine.run.mixed_precision)
+            except ValueError as error:
+                # BiT's advice (pass the variant, num_classes=) names arguments the teacher= cannot take.
+                raise ValueError(
+                    f"teacher={teacher!r} could not be read as a classifier: {error} The distiller reads a teacher "
+                    f"from its weights alone; to say more, build it yourself, bit_keras.BiT(variant, weights=..., "
+                    f"num_classes=...), and pass the model as teacher=."
+                ) from None
         if HEAD_LAYER not in {layer.name for layer in model.layers}:
             raise ValueError(
-                "The teacher must be a classifier (its logits are the targets): build it with include_top=True, "
-                "e.g. bit_keras.BiT(..., num_classes=...) fine-tuned on the task."
+                f"The teacher must be a classifier (its logits are the targets), its output layer named {HEAD_LAYER!r} "
+                f"as a bit_keras.BiT's; {model.name!r} has none. Pass the BiT fine-tuned on the task (built with "
+                f"include_top=True), or the file it was saved to."
             )
         return model
 
     def _student(self, student, weights):
+        if student is self.teacher:
+            raise ValueError(
+                "The student is the teacher model itself: the teacher is frozen, so nothing would train. Pass another "
+                "model, or a variant name (e.g. student='BiT-M-R50x1'), as the student."
+            )
         if isinstance(student, keras.Model):
             classes = _classes(student, "student")
             if classes != self.num_classes:
                 raise ValueError(
-                    f"The student has {classes} outputs but the teacher {self.num_classes}. Build it with "
-                    f"bit_keras.BiT(..., num_classes={self.num_classes})."
+                    f"The student has {classes} outputs but the teacher {self.num_classes}: it needs one per class of the "
+                    f"teacher (a BiT student: bit_keras.BiT(..., num_classes={self.num_classes}))."
                 )
             return self.engine.adopt(student)
         if weights == "release":

@@ -189,3 +189,17 @@ def test_a_student_without_a_defined_output_is_refused_by_name():
     unbuilt = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(3)], name="mine")
     with pytest.raises(ValueError, match=r"The student 'mine' \(Sequential\) has no defined output.*student='BiT-M-R50x1'"):
         distill.BiTDistiller(bit_keras.BiT(TINY, num_classes=3), unbuilt)
+
+
+def test_the_teacher_as_its_own_student_and_unreadable_teachers_are_refused_with_teacher_advice(tmp_path):
+    teacher = bit_keras.BiT(TINY, num_classes=3)
+    with pytest.raises(
+        ValueError, match="The student is the teacher model itself: the teacher is frozen, so nothing would train"
+    ):
+        distill.BiTDistiller(teacher, teacher)
+    headless = tmp_path / "headless.npz"
+    bit_keras.save_official(bit_keras.BiT(TINY, include_top=False), headless)
+    with pytest.raises(
+        ValueError, match=rf"teacher='{headless}' could not be read as a classifier: .*pass the model as teacher="
+    ):
+        distill.BiTDistiller(str(headless), TINY, student_weights=None)
