@@ -93,7 +93,12 @@ class Engine:
     def scope(self):
         """The strategy's scope, in which the engine builds and runs; unfused for the runs `compile` names."""
         with distribute.scope(self.strategy), contextlib.nullcontext() if self.fused else layers.unfused():
-            yield
+            with warnings.catch_warnings():
+                # Keras says "Your input ran out of data" at the end of every pass over a dataset of unknown
+                # size (a folder's, TFDS's): the normal end of an evaluation. Training streams repeat forever,
+                # so under the engine the warning never means a fault, and users read it as one.
+                warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+                yield
 
     def adopt(self, model):
         """`model`, or its copy with variables made under the strategy when they were made outside it."""
