@@ -443,3 +443,22 @@ def test_small_data_and_model_mistakes_are_named():
     for image_size, message in (((32,), r"image_size must be \(height, width\)"), ((32, 0), r"image_size\[1\] \(width\)")):
         with pytest.raises(ValueError, match=message):
             BiTFineTuner(bit_keras.BiT(TINY, num_classes=2), dataset_size=100, image_size=image_size)
+
+
+def test_a_full_disk_under_checkpoint_dir_names_what_was_being_written(tmp_path, monkeypatch):
+    model = bit_keras.BiT(TINY, num_classes=2)
+    keep = training.backups.KeepBest(str(tmp_path / "best.keras"), "val_accuracy")
+    keep.set_model(model)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(model, "save", full_disk)
+    with pytest.raises(OSError, match=rf"{tmp_path / 'best.keras'}, the best model so far, could not be written \(No space left"):
+        keep.on_epoch_end(0, {"val_accuracy": 0.5})
+    monkeypatch.setattr(model, "save_weights", full_disk)
+    backups = training.backups.Backups(str(tmp_path / "backup"))
+    each_epoch = training.backups.BackupEachEpoch(backups, training.Engine(batch_size=8), 2, {}, keep)
+    each_epoch.set_model(model)
+    with pytest.raises(OSError, match=rf"the backup of update 2 in {tmp_path / 'backup'} could not be written \(No space left"):
+        each_epoch.on_epoch_end(0)

@@ -88,6 +88,19 @@ def _read_lock(path):
     return holder if isinstance(holder, dict) and {"host", "pid"} <= set(holder) else None
 
 
+@contextlib.contextmanager
+def _naming(what):
+    """Names `what` was being written in an OSError of the body: a full disk otherwise says "No space left" and no path."""
+    try:
+        yield
+    except OSError as error:
+        raise OSError(
+            error.errno,
+            f"{what} could not be written ({error.strerror or error}). Free space there, or pass another checkpoint_dir; "
+            f"what was written before is kept.",
+        ) from error
+
+
 class Backups:
     """Step-numbered training backups in one folder, each written whole or not at all.
 
@@ -213,7 +226,8 @@ class BackupEachEpoch(keras.callbacks.Callback):
             "best": self.keep_best.best,
             "fingerprint": self.fingerprint,
         }
-        self.backups.save(self.model, record)
+        with _naming(f"the backup of update {record['step']} in {self.backups.folder}"):
+            self.backups.save(self.model, record)
 
 
 class KeepBest(keras.callbacks.Callback):
@@ -240,7 +254,8 @@ class KeepBest(keras.callbacks.Callback):
         model = self.saved if self.saved is not None else self.model
         # Every worker saves (see `Backups.save`); only the chief's file is kept.
         if self.writer:
-            checkpoints.save_keras(model, self.path, overwrite=True)
+            with _naming(f"{self.path}, the best model so far,"):
+                checkpoints.save_keras(model, self.path, overwrite=True)
             return
         folder = tempfile.mkdtemp(prefix="bit-keras-worker-best-")
         try:
