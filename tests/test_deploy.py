@@ -321,3 +321,9 @@ def test_cli_checks_the_out_suffix_and_image_size(keras_file, tmp_path, capsys):
         bit_keras_cli.main([*base, "--format", "onnx", "--image_size", "64", "--out", str(tmp_path / "m.onnx")])
     assert "--image_size takes two numbers separated by a comma; got '64'" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_a_deployment_saved_model_given_as_weights_is_named_as_such(state, tmp_path):
+    hub_export.export_format(tiny_model(state), str(tmp_path / "deployed"), "saved_model")
+    with pytest.raises(ValueError, match=r"is a deployment export \(hub_export.export_format.*hub_export.export\(model, path\)"):
+        bit_keras.BiT("auto", weights=str(tmp_path / "deployed"))

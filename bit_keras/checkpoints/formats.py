@@ -465,17 +465,27 @@ def read_folder(path):
     if os.path.isfile(os.path.join(path, "config.json")) and not os.path.isfile(os.path.join(path, "saved_model.pb")):
         state, names = read_transformers(path)
         return Weights(state, "transformers", path, names)
-    return Weights(read_saved_model(path), "official", path, _exported_class_names(path))
+    record = _export_record(path)
+    if record.get("format") == "saved_model":
+        raise ValueError(
+            f"{path} is a deployment export (hub_export.export_format(..., 'saved_model')): a serving model around "
+            f"folded convolutions, for inference, which BiT(weights=) does not read back. Run it with "
+            f"tf.saved_model.load or hub_export.run_exported; to load the model, pass its own weights (a .keras or "
+            f".npz file) or a TF-Hub export (hub_export.export(model, path))."
+        )
+    names = record.get("class_names")
+    names = list(names) if isinstance(names, list) and all(isinstance(name, str) for name in names) else None
+    return Weights(read_saved_model(path), "official", path, names)
 
 
-def _exported_class_names(folder):
-    """The class names `hub_export` recorded in a SavedModel folder, or None (TF Hub's modules record none)."""
+def _export_record(folder):
+    """What `hub_export` recorded in a SavedModel folder (its class names, its format, ...), or {} (TF Hub's modules record nothing)."""
     try:
         with open(os.path.join(folder, EXPORT_RECORD_PATH)) as f:
-            names = json.load(f).get("class_names")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return list(names) if isinstance(names, list) and all(isinstance(name, str) for name in names) else None
+            record = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def read_checkpoint(path):
