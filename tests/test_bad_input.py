@@ -462,3 +462,29 @@ def test_a_full_disk_under_checkpoint_dir_names_what_was_being_written(tmp_path,
     each_epoch.set_model(model)
     with pytest.raises(OSError, match=rf"the backup of update 2 in {tmp_path / 'backup'} could not be written \(No space left"):
         each_epoch.on_epoch_end(0)
+
+
+def test_an_offline_tfds_download_says_where_tfds_looked_and_what_to_do(tmp_path, monkeypatch, capsys):
+    import requests
+    import tensorflow_datasets as tfds
+
+    class Unprepared:
+        data_dir = str(tmp_path / "cifar10" / "3.0.2")
+
+        def is_prepared(self):
+            return False
+
+    def offline(*args, **kwargs):
+        raise requests.exceptions.ConnectionError("Max retries exceeded with url: https://www.cs.toronto.edu/...")
+
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: Unprepared())
+    monkeypatch.setattr(tfds, "load", offline)
+    with pytest.raises(
+        ValueError,
+        match=rf"TFDS could not download cifar10 \(ConnectionError: .*not prepared in {Unprepared.data_dir}.*--tfds_data_dir",
+    ):
+        data.from_tfds("cifar10")
+    assert (
+        f"[data] cifar10 is not prepared in {Unprepared.data_dir}: TFDS downloads and prepares it first"
+        in capsys.readouterr().err
+    )

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import os
 import pathlib
+import sys
 import warnings
 
 import numpy as np
@@ -87,10 +88,7 @@ def from_tfds(name, split="train", data_dir=None, image_key="image", label_key="
     >>> source.num_examples, source.num_classes
     (5, 10)
     """
-    # Imported here: it is slow to import and only TFDS sources need it.
-    import tensorflow_datasets as tfds
-
-    dataset, info = tfds.load(name, split=split, data_dir=data_dir, with_info=True, shuffle_files=False)
+    dataset, info = tfds_load(name, split, data_dir)
     for role, key in (("image_key", image_key), ("label_key", label_key)):
         if key not in info.features:
             raise ValueError(
@@ -114,6 +112,40 @@ def from_tfds(name, split="train", data_dir=None, image_key="image", label_key="
         # datasets whose metadata was never computed.
         num_examples = _count(dataset)
     return Source(dataset, num_examples, label_feature.num_classes, list(label_feature.names))
+
+
+def tfds_load(name, split, data_dir=None):
+    """(dataset, info) of `tfds.load`, files in a fixed order; a dataset TFDS must first download is said at once.
+
+    Offline, TFDS retries its download for minutes and then raises the HTTP
+    library's error: it is said before which folder TFDS looks in, and after
+    what to do.
+    """
+    # Imported here: it is slow to import and only TFDS sources need it.
+    import tensorflow_datasets as tfds
+
+    def load():
+        return tfds.load(name, split=split, data_dir=data_dir, with_info=True, shuffle_files=False)
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception:  # TFDS' own errors for unknown names and versions: tfds.load raises them with its advice
+        return load()
+    if builder.is_prepared():
+        return load()
+    print(
+        f"[data] {name} is not prepared in {builder.data_dir}: TFDS downloads and prepares it first (this needs the network)",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        return load()
+    except OSError as error:  # the HTTP library's connection errors among them
+        raise ValueError(
+            f"TFDS could not download {name} ({type(error).__name__}: {str(error).splitlines()[0][:200]}), which is not "
+            f"prepared in {builder.data_dir}. Prepare it on a machine with the network (tfds.load({name!r})) and copy "
+            f"its folder there, or pass data_dir= (--tfds_data_dir) the folder where it is prepared."
+        ) from None
 
 
 def from_arrays(images, labels, num_classes=None):

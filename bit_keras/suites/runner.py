@@ -321,19 +321,18 @@ def load_split(task, split, settings=None):
     when this TFDS no longer builds it (said in a line).
     """
     import tensorflow as tf
-    import tensorflow_datasets as tfds
 
     settings = settings or config.SuiteConfig()
     name = task.builder
     if settings.pin_versions and task.version:
         name = f"{task.builder}:{task.version}"
     try:
-        dataset, info = tfds.load(name, split=split, data_dir=settings.tfds_data_dir, with_info=True, shuffle_files=False)
+        dataset, info = data.sources.tfds_load(name, split, settings.tfds_data_dir)
     except (AssertionError, ValueError) as error:
         if name == task.builder or "version" not in str(error):
             raise
         print(f"[data] {task.builder}: this TFDS has no version {task.version} (the benchmark's); reading its default")
-        dataset, info = tfds.load(task.builder, split=split, data_dir=settings.tfds_data_dir, with_info=True, shuffle_files=False)
+        dataset, info = data.sources.tfds_load(task.builder, split, settings.tfds_data_dir)
     _check_split_sizes(task, info)
     for feature, classes in task.feature_classes:
         if info.features[feature].num_classes != classes:
