@@ -15,6 +15,7 @@ ValueError: steps must be a positive integer, got 1.5.
 import argparse
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -51,11 +52,72 @@ def non_negative_float(name, value):
     return float(value)
 
 
-def flag(name, value):
-    """`value` as a bool: True or False only (not the string "False", not 0)."""
+def flag(name, value, also=()):
+    """`value` as a bool: True or False only (not the string "False", not 0), or one of the strings `also` as given.
+
+    >>> flag("verify", 1, also=("auto",))
+    Traceback (most recent call last):
+    ...
+    ValueError: verify must be True, False or 'auto', got 1.
+    """
+    if isinstance(value, str) and value in also:
+        return value
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False, got {value!r}.")
+        choices = ["True", "False", *map(repr, also)]
+        raise ValueError(f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}.")
     return bool(value)
+
+
+def path(name, value):
+    """`value` as a str path: a non-empty str or os.PathLike, or a ValueError naming `name`.
+
+    >>> path("checkpoint_dir", 5)
+    Traceback (most recent call last):
+    ...
+    ValueError: checkpoint_dir must be a path (a str or os.PathLike), got int 5.
+    """
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"{name} must be a path (a str or os.PathLike), got {type(value).__name__} {value!r:.80}.")
+    text = os.fspath(value)
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"{name} must be a path (a str or os.PathLike), got {value!r:.80}.")
+    return text
+
+
+def class_names(name, value, classes, of=None):
+    """`value` as a tuple of `classes` strings, one name per class in class order, or a ValueError naming `name`.
+
+    A string is not a list of names (it would read one name per character),
+    nor is an id-to-label dict; `of` says whose classes they must match
+    (by default "the head has `classes` classes").
+
+    >>> class_names("class_names", ["cat", "dog"], 2)
+    ('cat', 'dog')
+    >>> class_names("class_names", ["cat", "dog"], 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: class_names has 2 names but the head has 3 classes; pass one name per class, in class order.
+    """
+    if isinstance(value, (str, bytes)):
+        raise ValueError(
+            f"{name} must be a list of strings, one name per class, got the string {value!r:.80}. Pass e.g. ['cat', 'dog']."
+        )
+    if isinstance(value, dict):
+        raise ValueError(
+            f"{name} must be a list of strings in class order, got a dict. For an id-to-label dict pass "
+            f"[labels[i] for i in range({classes})]."
+        )
+    try:
+        names = tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a list of strings, one name per class, got {value!r:.80}.") from None
+    wrong = [item for item in names if not isinstance(item, str)]
+    if wrong:
+        raise ValueError(f"{name} must be a list of strings, one name per class; {wrong[0]!r} is not a string.")
+    if len(names) != classes:
+        of = of or f"the head has {classes} classes"
+        raise ValueError(f"{name} has {len(names)} names but {of}; pass one name per class, in class order.")
+    return names
 
 
 def crop_area(value):
@@ -97,6 +159,22 @@ def sizes(value, name="sizes"):
             f"{name}: the crop ({crop}) must not exceed the resize ({resize}); the crop is taken from the resized image."
         )
     return resize, crop
+
+
+def image_size(value, name="image_size"):
+    """(height, width), two positive integers, from that pair or from one side length of square images.
+
+    >>> image_size(32)
+    (32, 32)
+    """
+    if _is_int(value):
+        side = positive_int(name, value)
+        return side, side
+    try:
+        height, width = value
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be (height, width) or one side length, e.g. (32, 32) or 32; got {value!r}.") from None
+    return positive_int(f"{name}[0] (height)", height), positive_int(f"{name}[1] (width)", width)
 
 
 def comma_pair(kind, name):

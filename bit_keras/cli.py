@@ -36,7 +36,10 @@ def main(argv=None):
     """Runs `bit-keras`; returns the exit status."""
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{_valued_switches(parser, argv, unknown)}")
     if args.version:
         print(f"bit-keras {bit_keras.__version__}")
         return 0
@@ -49,6 +52,28 @@ def main(argv=None):
     except (ValueError, FileExistsError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+def _valued_switches(parser, argv, unknown):
+    """What to say of `unknown` arguments that are values given to flags taking none (`--flip false`)."""
+    switches = {}  # option string -> its action, for flags that take no value, in every sub-command
+    parsers = [parser]
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.nargs == 0:
+                switches.update(dict.fromkeys(action.option_strings, action))
+    advice = []
+    for flag, value in zip(argv, argv[1:]):
+        if flag in switches and value in unknown and not value.startswith("-"):
+            action = switches[flag]
+            if isinstance(action, argparse.BooleanOptionalAction):
+                on, off = action.option_strings
+                advice.append(f"{flag} takes no value: {on} turns it on, {off} off")
+            else:
+                advice.append(f"{flag} takes no value: give it alone, or leave it out")
+    return "; " + "; ".join(advice) if advice else ""
 
 
 def build_parser():

@@ -47,6 +47,13 @@ def _optional(choices, value, name):
         raise ValueError(f"{name} must be None or one of {choices}, got {value!r}.")
 
 
+def _optional_path(config, name):
+    """Checks the path field `name` of a frozen `config` where it is set, and holds it as a str."""
+    value = getattr(config, name)
+    if value is not None:
+        object.__setattr__(config, name, arguments.path(name, value))
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Where and how a run trains: the same for every trainer, read by `training.Engine`."""
@@ -82,6 +89,9 @@ class RunConfig:
         if self.jit_compile not in ("auto", True, False):
             raise ValueError(f"jit_compile must be 'auto', True or False, got {self.jit_compile!r}.")
         _optional(MIXED_PRECISION, self.mixed_precision, "mixed_precision")
+        _optional_path(self, "checkpoint_dir")
+        if self.tpu is not None and not isinstance(self.tpu, str):  # "" is the TPU of a TPU VM
+            raise ValueError(f"tpu must be a TPU name or grpc:// address (a str), got {type(self.tpu).__name__} {self.tpu!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,13 +243,55 @@ class SuiteConfig:
         arguments.flag("evaluate_released", self.evaluate_released)
         arguments.flag("pin_versions", self.pin_versions)
         arguments.flag("keep_backups", self.keep_backups)
+        _optional_path(self, "out")
+        _optional_path(self, "tfds_data_dir")
+
+
+# What each config object is for: named when one is passed where another was expected.
+_ROLES = {
+    "RunConfig": "the run= of every trainer",
+    "FineTuneRecipe": "BiTFineTuner's recipe=",
+    "PretrainRecipe": "BiTPretrainer's recipe=",
+    "DistillRecipe": "BiTDistiller's recipe=",
+    "SuiteConfig": "the settings= of suites.reproduce",
+}
+
+
+def as_config(config_class, value, name, **defaults):
+    """`value` as a `config_class`: an instance as it is, or a dict of its fields (over `defaults`).
+
+    Anything else is a TypeError naming `name`, the expected class, and what
+    the given config object is for:
+
+    >>> as_config(RunConfig, {"batch_size": 64}, "run").batch_size
+    64
+    >>> as_config(FineTuneRecipe, RunConfig(), "recipe")
+    Traceback (most recent call last):
+    ...
+    TypeError: recipe must be a config.FineTuneRecipe or a dict of its fields, got a RunConfig: that is the run= of every trainer.
+    """
+    if isinstance(value, config_class):
+        return value
+    if isinstance(value, dict):
+        fields = sorted(field.name for field in dataclasses.fields(config_class))
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise TypeError(f"{name}: {config_class.__name__} has no field(s) {', '.join(unknown)}; its fields are {fields}.")
+        return config_class(**{**defaults, **value})
+    kind = type(value).__name__
+    role = _ROLES.get(kind) if dataclasses.is_dataclass(value) else None
+    raise TypeError(
+        f"{name} must be a config.{config_class.__name__} or a dict of its fields, got a {kind}"
+        + (f": that is {role}." if role else ".")
+    )
 
 
 def resolve(recipe_class, recipe=None, run=None, settings=None, **run_defaults):
     """(recipe, `RunConfig`): the given ones (or the defaults, `run_defaults` for the run) with `settings` applied.
 
-    `settings` are keyword arguments naming fields of either; an unknown one is
-    a TypeError naming it.
+    `recipe` and `run` are config objects or dicts of their fields (see
+    `as_config`); `settings` are keyword arguments naming fields of either; an
+    unknown one is a TypeError naming it.
     """
     settings = settings or {}
     recipe_names = {field.name for field in dataclasses.fields(recipe_class)}
@@ -251,11 +303,11 @@ def resolve(recipe_class, recipe=None, run=None, settings=None, **run_defaults):
             f"{recipe_class.__name__} fields {sorted(recipe_names)}."
         )
     recipe = dataclasses.replace(
-        recipe if recipe is not None else recipe_class(),
+        as_config(recipe_class, recipe if recipe is not None else {}, "recipe"),
         **{name: value for name, value in settings.items() if name in recipe_names},
     )
     run = dataclasses.replace(
-        run if run is not None else RunConfig(**run_defaults),
+        as_config(RunConfig, run if run is not None else {}, "run", **run_defaults),
         **{name: value for name, value in settings.items() if name in run_names},
     )
     return recipe, run

@@ -24,8 +24,10 @@ momentum 0.9 runs it, with a linear warm-up and a cosine decay as the paper's.
 """
 
 import dataclasses
+import hashlib
 
 import keras
+import numpy as np
 from keras import ops
 
 from bit_keras import arguments, config, data, training
@@ -163,6 +165,20 @@ def _resized(images, size, name):
     return keras.layers.Resizing(size, size, interpolation="bilinear", name=name)(images)
 
 
+def weights_digest(model):
+    """A short digest of `model`'s weights: two teachers of one architecture differ in it.
+
+    >>> import bit_keras
+    >>> a, b = bit_keras.BiT("R1-1-1-1x1", num_classes=2), bit_keras.BiT("R1-1-1-1x1", num_classes=2)
+    >>> weights_digest(a) == weights_digest(a), weights_digest(a) == weights_digest(b)
+    (True, False)
+    """
+    hashed = hashlib.sha256()
+    for weight in model.weights:
+        hashed.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return hashed.hexdigest()[:16]
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillSchedule:
     """Steps and learning rate of one distillation run: linear warm-up, then cosine decay to 0.
@@ -248,7 +264,7 @@ class BiTDistiller:
         self.recipe, run = config.resolve(config.DistillRecipe, recipe, run, settings, batch_size=DISTILL_BATCH_SIZE)
         self.engine = training.Engine(run)
         self.teacher = self._teacher(teacher)
-        self.num_classes = int(self.teacher.output.shape[-1])
+        self.num_classes = _classes(self.teacher, "teacher")
         self.student = self._student(student, student_weights)
         # After the student: copying the teacher under a strategy draws random numbers, which
         # must not change the student's initialisation between one device and several.
@@ -275,7 +291,7 @@ class BiTDistiller:
         `best.keras`), the teacher's (`val_teacher_accuracy`) and their top-1
         agreement (`val_agreement`).
         """
-        source = data.as_source(train, self.num_classes)
+        source = self._source(train, "train")
         data.first_example(source)
         schedule = self.schedule(source.num_examples)
         print(schedule)
@@ -287,13 +303,17 @@ class BiTDistiller:
         self._compile(schedule)
         validation = None
         if validation_data is not None:
-            validation = self._eval_pipeline(validation_data)
+            validation = self._eval_pipeline(validation_data, "validation_data")
         fingerprint = {
             "dataset_size": source.num_examples,
             "data": data.digest(source),
-            "teacher": self.teacher.name,
+            # The name alone would let a resume continue with another teacher of the same architecture.
+            "teacher": f"{self.teacher.name} {weights_digest(self.teacher)}",
             **config.fingerprint(self.recipe),
         }
+        if source.class_names:
+            # What the student's head now predicts, as the fine-tuner names its model's.
+            self.student.class_names = tuple(source.class_names)
         return self.engine.fit(
             self.model,
             lambda start_batch: self.train_pipeline(source, start_batch),
@@ -330,14 +350,25 @@ class BiTDistiller:
         if getattr(self.model, "optimizer", None) is None:
             self._compile(self.schedule(1))
         with self.engine.scope():
-            results = self.model.evaluate(self._eval_pipeline(data_source), return_dict=True, verbose=verbose)
+            results = self.model.evaluate(self._eval_pipeline(data_source, "data_source"), return_dict=True, verbose=verbose)
         return {name: results[name] for name in ("loss", "accuracy", "teacher_accuracy", "agreement")}
 
     # ------------------------------------------------------------------ internals
 
-    def _eval_pipeline(self, data_source):
+    def _source(self, data_source, name):
+        """`data_source` as a `data.Source`, refused when its classes are not the teacher's."""
+        source = data.as_source(data_source, self.num_classes)
+        if source.num_classes != self.num_classes:
+            raise ValueError(
+                f"{name} has {source.num_classes} classes but the teacher {self.num_classes}: the teacher's outputs are "
+                f"the targets, so it must be fine-tuned on these classes first (bit_keras.BiTFineTuner, or "
+                f"bit-keras finetune ... --save teacher.keras)."
+            )
+        return source
+
+    def _eval_pipeline(self, data_source, name):
         return data.eval_pipeline(
-            data.as_source(data_source, self.num_classes),
+            self._source(data_source, name),
             crop=self.view_size,
             batch_size=self.engine.micro_batch,
             teacher_view=None if self.consistent else self.teacher_resolution,
@@ -364,28 +395,60 @@ class BiTDistiller:
         if isinstance(teacher, keras.Model):
             model = teacher
         else:
-            with self.engine.scope():
-                model = BiT(None, weights=teacher, mixed_precision=self.engine.run.mixed_precision)
+            try:
+                with self.engine.scope():
+                    model = BiT(None, weights=teacher, mixed_precision=self.engine.run.mixed_precision)
+            except ValueError as error:
+                # BiT's advice (pass the variant, num_classes=) names arguments the teacher= cannot take.
+                raise ValueError(
+                    f"teacher={teacher!r} could not be read as a classifier: {error} The distiller reads a teacher "
+                    f"from its weights alone; to say more, build it yourself, bit_keras.BiT(variant, weights=..., "
+                    f"num_classes=...), and pass the model as teacher=."
+                ) from None
         if HEAD_LAYER not in {layer.name for layer in model.layers}:
             raise ValueError(
-                "The teacher must be a classifier (its logits are the targets): build it with include_top=True, "
-                "e.g. bit_keras.BiT(..., num_classes=...) fine-tuned on the task."
+                f"The teacher must be a classifier (its logits are the targets), its output layer named {HEAD_LAYER!r} "
+                f"as a bit_keras.BiT's; {model.name!r} has none. Pass the BiT fine-tuned on the task (built with "
+                f"include_top=True), or the file it was saved to."
             )
         return model
 
     def _student(self, student, weights):
+        if student is self.teacher:
+            raise ValueError(
+                "The student is the teacher model itself: the teacher is frozen, so nothing would train. Pass another "
+                "model, or a variant name (e.g. student='BiT-M-R50x1'), as the student."
+            )
         if isinstance(student, keras.Model):
-            classes = int(student.output.shape[-1])
+            classes = _classes(student, "student")
             if classes != self.num_classes:
                 raise ValueError(
-                    f"The student has {classes} outputs but the teacher {self.num_classes}. Build it with "
-                    f"bit_keras.BiT(..., num_classes={self.num_classes})."
+                    f"The student has {classes} outputs but the teacher {self.num_classes}: it needs one per class of the "
+                    f"teacher (a BiT student: bit_keras.BiT(..., num_classes={self.num_classes}))."
                 )
             return self.engine.adopt(student)
         if weights == "release":
             weights = release_name(student)
         with self.engine.scope():
             return BiT(student, weights=weights, num_classes=self.num_classes, mixed_precision=self.engine.run.mixed_precision)
+
+
+_FIX = {
+    "teacher": "Pass a fine-tuned BiT classifier, or the file it was saved to.",
+    "student": "Pass a variant name (e.g. student='BiT-M-R50x1'), or bit_keras.BiT(variant, num_classes=...).",
+}
+
+
+def _classes(model, role):
+    """The number of logits of the `role` ("teacher" or "student") model, or an error saying what it must be."""
+    try:
+        return int(model.output.shape[-1])
+    except (AttributeError, ValueError):  # Keras: "has never been called and thus has no defined output"
+        raise ValueError(
+            f"The {role} {model.name!r} ({type(model).__name__}) has no defined output: the {role} must be a "
+            f"bit_keras.BiT classifier, or a functional Keras model built on its input (keras.Input), whose output "
+            f"is one logit per class. {_FIX[role]}"
+        ) from None
 
 
 config.recipe_properties(BiTDistiller, config.DistillRecipe)

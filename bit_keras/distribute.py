@@ -263,12 +263,7 @@ def _watchdog(seconds, awaited, fix):
     no Python thread or signal handler runs until it returns; faulthandler's
     timer is a C thread, the one thing left that can end the wait.
     """
-    print(
-        f"bit_keras: waiting up to {seconds:g} s (connect_timeout) for {awaited}; past that this process stops "
-        f"with exit code 1 and a 'Timeout' trace: {fix}.",
-        file=sys.stderr,
-        flush=True,
-    )
+    _announce(seconds, awaited, f"past that this process stops with exit code 1 and a 'Timeout' trace: {fix}")
     try:
         faulthandler.dump_traceback_later(seconds, exit=True)
     except (AttributeError, ValueError, OSError, RuntimeError):  # no usable stderr (some notebooks): no limit
@@ -278,6 +273,11 @@ def _watchdog(seconds, awaited, fix):
         yield
     finally:
         faulthandler.cancel_dump_traceback_later()
+
+
+def _announce(seconds, awaited, then):
+    """Says at once what a wait is for and how long it may last: a silent wait of minutes reads as a hang."""
+    print(f"bit_keras: waiting up to {seconds:g} s (connect_timeout) for {awaited}; {then}.", file=sys.stderr, flush=True)
 
 
 def _await_address(address, seconds):
@@ -307,8 +307,10 @@ def _tpu_strategy(tpu, required, connect_timeout):
         except Exception as error:  # the Cloud TPU API's URL, HTTP and credential errors, among others
             raise ValueError(f"could not look the TPU up ({type(error).__name__}: {error})") from None
         master = resolver.master()
-        if master.startswith("grpc://") and not _await_address(master, connect_timeout):
-            raise ValueError(f"nothing answered at {master} within {connect_timeout:g} s (connect_timeout)")
+        if master.startswith("grpc://"):
+            _announce(connect_timeout, f"the TPU at {master} to answer", "past that it is given up on (raise connect_timeout)")
+            if not _await_address(master, connect_timeout):
+                raise ValueError(f"nothing answered at {master} within {connect_timeout:g} s (connect_timeout)")
         with _watchdog(connect_timeout, f"the TPU at {master or 'this host'}", "check that the TPU is up and yours"):
             tf.config.experimental_connect_to_cluster(resolver)
             tf.tpu.experimental.initialize_tpu_system(resolver)

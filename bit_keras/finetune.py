@@ -91,7 +91,7 @@ class BiTFineTuner:
         self.recipe, run = config.resolve(config.FineTuneRecipe, recipe, run, settings, batch_size=hyperrule.REFERENCE_BATCH_SIZE)
         self.engine = training.Engine(run)
         self.dataset_size = None if dataset_size is None else hyperrule.check_dataset_size(dataset_size)
-        self.image_size = image_size
+        self.image_size = None if image_size is None else arguments.image_size(image_size)
         self._given_sizes = (self.dataset_size, self.image_size)  # the rest is read from each run's data
         self.num_classes = None if num_classes is None else arguments.positive_int("num_classes", num_classes)
         self.model = self._build(model_or_variant, weights)
@@ -129,7 +129,7 @@ class BiTFineTuner:
             )
         return hyperrule.HyperRule(
             self.dataset_size,
-            tuple(self.image_size),
+            self.image_size,
             self.batch_size,
             self.base_lr,
             self.rule,
@@ -301,7 +301,6 @@ class BiTFineTuner:
         if self._kept_fold and self._kept_fold[0] is self.model and self._kept_fold[1] == compiled:
             return fold(self.model, into=self._kept_fold[2])
         folded = fold(self.model)
-        folded.trainable = False  # nothing to train: `evaluate` then builds its optimizer with no variables
         settings = keras.saving.deserialize_keras_object(compiled) if compiled else {}  # {} before `fit` or `evaluate`
         if keras.backend.backend() == "jax":
             settings["jit_compile"] = True  # one XLA program for the whole forward pass
@@ -392,9 +391,9 @@ class BiTFineTuner:
             )
         if self.image_size is None:
             self.image_size = tuple(int(d) for d in image.shape[:2])
-        if source.class_names and len(source.class_names) == self.num_classes:
+        if source.class_names:
             # What the head now predicts; `save_transformers` and `hub_export` write them with the model.
-            self.model.class_names = tuple(str(name) for name in source.class_names)
+            self.model.class_names = tuple(source.class_names)
 
 
 config.recipe_properties(BiTFineTuner, config.FineTuneRecipe)

@@ -174,6 +174,9 @@ class HyperRule:
     flip: bool = True
     random_crop: bool = True
 
+    def __post_init__(self):
+        object.__setattr__(self, "image_size", arguments.image_size(self.image_size))
+
     @property
     def resolution(self):
         return tuple(self.sizes) if self.sizes else resolution(self.image_size, self.rule)

@@ -13,7 +13,7 @@ from the other.
 
 import keras
 
-from bit_keras import checkpoints, resnet
+from bit_keras import arguments, checkpoints, resnet
 
 # The two parts of a model an export serves: the pooled features, or the head's logits; and each one's output name.
 FLAVORS = ("feature_vector", "classification")
@@ -46,12 +46,16 @@ def network(model, flavor):
 
 
 def class_names(model, flavor):
-    """{"class_names": [...]} for a classification export whose model has one name per logit, else {}."""
+    """{"class_names": [...]} for a classification export of a model that names its classes, else {}.
+
+    `model.class_names` must then be one string per logit: anything else is
+    refused by name (`arguments.class_names`), not dropped or mangled.
+    """
     names = getattr(model, "class_names", None)
     head = [layer for layer in model.layers if layer.name == resnet.HEAD_LAYER]
-    if flavor != "classification" or not names or not head or len(names) != head[0].units:
+    if flavor != "classification" or names is None or not head:
         return {}
-    return {"class_names": [str(name) for name in names]}
+    return {"class_names": list(arguments.class_names("model.class_names", names, head[0].units))}
 
 
 def variant_name(model):

@@ -16,6 +16,7 @@ import keras
 
 from bit_keras import arguments, config, data, hyperrule, training
 from bit_keras.models import BiT
+from bit_keras.resnet import HEAD_LAYER
 
 UPSTREAM_BATCH_SIZE = 4096
 BASE_LR = 0.03  # at batch 256, scaled linearly with the batch when no base_lr is given
@@ -136,6 +137,11 @@ class BiTPretrainer:
         self._variant = None
         self.model = None
         if isinstance(model_or_variant, keras.Model):
+            if HEAD_LAYER not in {layer.name for layer in model_or_variant.layers}:
+                raise ValueError(
+                    "BiTPretrainer trains a classifier: build the model with include_top=True and num_classes=, or pass "
+                    "the variant name and num_classes=."
+                )
             self.model = self.engine.adopt(model_or_variant)
         else:
             self._variant = model_or_variant

@@ -121,7 +121,7 @@ def export_format(model, path, format="onnx", *, flavor=None, input_range=(0, 1)
         raise ValueError(f"format must be one of {tuple(FORMATS)}, got {format!r}.")
     low, high = arguments.input_range(input_range)
     image_size = _check_image_size(image_size)
-    path = os.path.abspath(os.fspath(path))
+    path = os.path.abspath(arguments.path("path", path))
     _check_suffix(path, format)
     for module, package in CONVERTERS.get(format, ()):
         require(module, package)
@@ -129,12 +129,13 @@ def export_format(model, path, format="onnx", *, flavor=None, input_range=(0, 1)
     if format == "openvino":
         checkpoints.refuse_existing(openvino_bin(path), overwrite)
 
-    original, model = model, _deployable(model)  # the fold does not carry `model.class_names`
+    model = _deployable(model)
     flavor = flavor or ("classification" if model_facts.has_head(model) else "feature_vector")
     if flavor not in OUTPUT_NAMES:
         raise ValueError(f"flavor must be one of {tuple(OUTPUT_NAMES)}, got {flavor!r}.")
-    if format == "onnx":
-        _check_float32(model)
+    names = model_facts.class_names(model, flavor)  # refused before the work of converting
+    if format in ("onnx", "litert"):
+        _check_float32(model, format)
     # Plain graphs: an XLA cluster is a PartitionedCall that tf2onnx cannot convert (see the module docstring).
     with bit_keras.layers.unfused():
         serving = _serving_model(model, flavor, low, high, image_size)
@@ -150,7 +151,7 @@ def export_format(model, path, format="onnx", *, flavor=None, input_range=(0, 1)
             "output": OUTPUT_NAMES[flavor],
             "output_size": int(serving.output[OUTPUT_NAMES[flavor]].shape[-1]),
             "parameters": int(sum(np.prod(v.shape) for v in serving.weights)),
-            **model_facts.class_names(original, flavor),
+            **names,
         }
         if format == "openvino":
             record["compile_config"] = dict(OPENVINO_CONFIG)
@@ -185,11 +186,14 @@ def _check_suffix(path, format):
         raise ValueError(f"A {format} export is a {suffix} file: {path} should end with {suffix}.")
 
 
-def _check_float32(model):
+def _check_float32(model, format):
+    # LiteRT converts half-precision ops only as Flex (select TensorFlow) ops, which its interpreter, and so
+    # `run_exported`, cannot run.
     dtypes = sorted({layer.compute_dtype for layer in model.layers if layer.compute_dtype != "float32"})
     if dtypes:
+        name = {"onnx": "ONNX", "litert": "LiteRT"}[format]
         raise ValueError(
-            f"Model {model.name!r} computes in {', '.join(dtypes)}; Keras' ONNX export needs a float32 model. "
+            f"Model {model.name!r} computes in {', '.join(dtypes)}; Keras' {name} export needs a float32 model. "
             f"Build it under keras.config.set_dtype_policy('float32') and copy the weights "
             f"(model.get_weights() / set_weights()), then export that."
         )

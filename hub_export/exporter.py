@@ -72,7 +72,7 @@ def export(model, path, *, flavor="feature_vector", input_range=(0, 1), overwrit
     if flavor not in FLAVORS:
         raise ValueError(f"flavor must be one of {FLAVORS}, got {flavor!r}.")
     low, high = arguments.input_range(input_range)
-    path = os.path.abspath(os.fspath(path))
+    path = os.path.abspath(arguments.path("path", path))
     checkpoints.refuse_existing(path, overwrite)
 
     # Plain graphs, with no XLA cluster in them (saving traces too): the module runs wherever TensorFlow does.
@@ -81,6 +81,7 @@ def export(model, path, *, flavor="feature_vector", input_range=(0, 1), overwrit
 
 
 def _export(model, path, flavor, low, high, overwrite):
+    names = model_facts.class_names(model, flavor)  # refused before the work of tracing
     network = model_facts.network(model, flavor)
     variables = _module_variables(network)
     call = _trace_call(network, variables, flavor, low, high)
@@ -93,7 +94,7 @@ def _export(model, path, flavor, low, high, overwrite):
         "output": OUTPUT_NAMES[flavor],
         "output_size": int(network.output.shape[-1]),
         "parameters": int(sum(np.prod(v.shape) for v in variables.values())),
-        **model_facts.class_names(model, flavor),
+        **names,
     }
     with checkpoints.atomic_folder(path, overwrite) as folder:
         archive.write_out(folder, verbose=False)

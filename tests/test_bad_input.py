@@ -43,6 +43,14 @@ def test_arguments_of_the_wrong_kind_are_refused_by_name(call, match):
         call()
 
 
+def test_from_folder_takes_only_true_false_or_auto_for_verify(tmp_path):
+    (tmp_path / "cat").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), "uint8")).save(tmp_path / "cat" / "a.png")
+    for verify in (1, 0, "yes", None):
+        with pytest.raises(ValueError, match=f"verify must be True, False or 'auto', got {verify!r}"):
+            data.from_folder(tmp_path, verify=verify)
+
+
 def test_class_names_as_one_string_are_refused(tmp_path):
     model = bit_keras.BiT(TINY, num_classes=5)
     with pytest.raises(ValueError, match="class_names must be a list of strings"):
@@ -67,7 +75,7 @@ def test_a_tpu_name_implies_the_tpu_strategy(monkeypatch):
     assert asked == [("tpu", "my-tpu"), ("default", None)]
 
 
-def test_a_tpu_address_where_nothing_listens_fails_within_the_timeout():
+def test_a_tpu_address_where_nothing_listens_fails_within_the_timeout(capsys):
     with socket.socket() as unused:  # a port that was free a moment ago, so nothing listens there
         unused.bind(("127.0.0.1", 0))
         address = f"grpc://127.0.0.1:{unused.getsockname()[1]}"
@@ -75,6 +83,7 @@ def test_a_tpu_address_where_nothing_listens_fails_within_the_timeout():
     with pytest.raises(ValueError, match=f"nothing answered at {address} within 2 s"):
         distribute.resolve_strategy("tpu", tpu=address, connect_timeout=2)
     assert time.monotonic() - started < 30
+    assert f"waiting up to 2 s (connect_timeout) for the TPU at {address} to answer" in capsys.readouterr().err  # at once
 
 
 def test_a_tpu_name_that_cannot_be_looked_up_is_named(monkeypatch):
@@ -251,6 +260,18 @@ def test_a_killed_best_keras_write_is_cleaned_and_a_second_run_on_the_folder_is_
     assert not left_over.exists() and (tmp_path / "best.keras").exists() and not lock.exists()
 
 
+@pytest.mark.parametrize("damage", ["", "not json", "[1, 2]", "{}", "folder"])
+def test_a_lock_that_cannot_be_read_is_called_damaged_with_how_to_clear_it(tmp_path, damage):
+    lock = tmp_path / training.LOCK
+    if damage == "folder":
+        lock.mkdir()
+    else:
+        lock.write_text(damage)
+    with pytest.raises(ValueError, match=rf"its lock {lock} is damaged .*If no run is using this folder, delete {lock}"):
+        with training.backups.run_lock(str(tmp_path)):
+            pass
+
+
 def test_a_checkpoint_dir_that_is_a_file_is_refused_before_training(tmp_path):
     images, labels = colour_task(16)
     (tmp_path / "file").write_text("not a folder")
@@ -313,3 +334,159 @@ def test_a_saved_model_with_truncated_variables_is_named(tmp_path):
     for load in (lambda: bit_keras.BiT(None, weights=str(path)), lambda: hub_export.load(path)):
         with pytest.raises(ValueError, match=rf"{path}.*variables/variables.data may be truncated"):
             load()
+
+
+@pytest.mark.parametrize(
+    "trainer,recipe,run,message",
+    [
+        (
+            "finetune",
+            bit_keras.config.RunConfig(),
+            bit_keras.config.FineTuneRecipe(),
+            "recipe must be a config.FineTuneRecipe.*got a RunConfig: that is the run=",
+        ),
+        (
+            "finetune",
+            bit_keras.config.PretrainRecipe(),
+            None,
+            "recipe must be a config.FineTuneRecipe.*got a PretrainRecipe: that is BiTPretrainer's recipe=",
+        ),
+        ("finetune", None, bit_keras.config.FineTuneRecipe(), "run must be a config.RunConfig.*got a FineTuneRecipe"),
+        ("finetune", None, "fast", "run must be a config.RunConfig or a dict of its fields, got a str"),
+        ("finetune", {"steps": 1, "speed": 2}, None, r"recipe: FineTuneRecipe has no field\(s\) speed"),
+        ("pretrain", bit_keras.config.DistillRecipe(), None, "recipe must be a config.PretrainRecipe.*got a DistillRecipe"),
+        ("distill", bit_keras.config.FineTuneRecipe(), None, "recipe must be a config.DistillRecipe.*got a FineTuneRecipe"),
+    ],
+)
+def test_config_objects_of_the_wrong_kind_are_refused_naming_the_expected_class(trainer, recipe, run, message):
+    model = bit_keras.BiT(TINY, num_classes=3)
+    make = {
+        "finetune": lambda: bit_keras.BiTFineTuner(model, recipe, run),
+        "pretrain": lambda: bit_keras.BiTPretrainer(model, recipe, run),
+        "distill": lambda: bit_keras.BiTDistiller(model, TINY, recipe, run, student_weights=None),
+    }[trainer]
+    with pytest.raises(TypeError, match=message):
+        make()
+
+
+def test_config_objects_may_be_dicts_of_their_fields():
+    tuner = bit_keras.BiTFineTuner(bit_keras.BiT(TINY, num_classes=3), {"steps": 3}, {"batch_split": 2})
+    assert (tuner.steps, tuner.batch_split, tuner.batch_size) == (3, 2, 512)  # the trainer's default batch kept
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: bit_keras.config.RunConfig(checkpoint_dir=5), "checkpoint_dir must be a path .*got int 5"),
+        (
+            lambda: BiTFineTuner(bit_keras.BiT(TINY, num_classes=2), checkpoint_dir=123),
+            "checkpoint_dir must be a path .*got int 123",
+        ),
+        (lambda: bit_keras.config.RunConfig(checkpoint_dir=""), "checkpoint_dir must be a path"),
+        (lambda: bit_keras.config.RunConfig(tpu=5), "tpu must be a TPU name or grpc:// address"),
+        (lambda: bit_keras.config.SuiteConfig(out=5), "out must be a path .*got int 5"),
+        (lambda: bit_keras.config.SuiteConfig(tfds_data_dir=["data"]), "tfds_data_dir must be a path"),
+    ],
+)
+def test_path_fields_of_configs_are_refused_when_the_config_is_made(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_export_paths_that_are_not_paths_are_refused_by_name():
+    import hub_export
+
+    model = bit_keras.BiT(TINY, num_classes=2)
+    with pytest.raises(ValueError, match="path must be a path .*got NoneType None"):
+        hub_export.export_format(model, None, "litert")
+    with pytest.raises(ValueError, match="path must be a path .*got NoneType None"):
+        hub_export.export(model, None)
+
+
+def test_reproduce_out_must_be_a_writable_folder(tmp_path, monkeypatch):
+    from bit_keras import suites
+
+    taken = tmp_path / "results.txt"
+    taken.write_text("mine")
+    settings = bit_keras.config.SuiteConfig(out=str(taken), tasks="dtd")
+    with pytest.raises(ValueError, match=r"out=.*results.txt' \(--out\) is a file: results go in a folder"):
+        suites.reproduce("vtab1k", "R1-1-1-1x1", weights=None, settings=settings)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    access = os.access
+    # Root may write in a read-only folder: the folder reads as read-only to the check whoever runs the test.
+    monkeypatch.setattr(os, "access", lambda path, mode: access(path, mode) and os.fspath(path) != str(locked))
+    settings = bit_keras.config.SuiteConfig(out=str(locked), tasks="dtd")
+    with pytest.raises(ValueError, match=r"out=.*locked' \(--out\) is not a writable folder"):
+        suites.reproduce("vtab1k", "R1-1-1-1x1", weights=None, settings=settings)
+
+
+def test_small_data_and_model_mistakes_are_named():
+    images, labels = colour_task(8, size=16)
+    for num_classes in ("3", 3.0):
+        with pytest.raises(ValueError, match=f"num_classes must be a positive integer, got {num_classes!r}"):
+            data.from_arrays(images, labels, num_classes=num_classes)
+    with pytest.raises(ValueError, match=r"images must be equally sized.*2 shapes.*use from_folder"):
+        data.from_arrays([images[0], images[1, :8]], [0, 1])
+    with pytest.raises(ValueError, match=r"labels must be one class id per image.*look like images: pass \(images, labels\)"):
+        data.as_source([images[0], images[1]])
+    batched = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    with pytest.raises(ValueError, match=r"is batched .*dataset.unbatch\(\)"):
+        data.as_source(batched, 2, 8)
+    unbatched = tf.data.Dataset.from_tensor_slices((images, labels))
+    pretrainer = bit_keras.BiTPretrainer(bit_keras.BiT(TINY, num_classes=2), batch_size=4, steps=1, image_size=16)
+    for trainer in (pretrainer, bit_keras.BiTDistiller(bit_keras.BiT(TINY, num_classes=2), TINY, student_weights=None)):
+        with pytest.raises(ValueError, match=r"wrap it as bit_keras.data.Source\(dataset, num_examples, num_classes\)"):
+            trainer.fit(unbatched, verbose=0)
+    with pytest.raises(ValueError, match="BiTPretrainer trains a classifier: build the model with include_top=True"):
+        bit_keras.BiTPretrainer(bit_keras.BiT(TINY, include_top=False, pooling="avg"))
+    tuner = BiTFineTuner(bit_keras.BiT(TINY, num_classes=2), dataset_size=100, image_size=32)
+    assert tuner.resolution == (160, 128)  # one side length: square images
+    for image_size, message in (((32,), r"image_size must be \(height, width\)"), ((32, 0), r"image_size\[1\] \(width\)")):
+        with pytest.raises(ValueError, match=message):
+            BiTFineTuner(bit_keras.BiT(TINY, num_classes=2), dataset_size=100, image_size=image_size)
+
+
+def test_a_full_disk_under_checkpoint_dir_names_what_was_being_written(tmp_path, monkeypatch):
+    model = bit_keras.BiT(TINY, num_classes=2)
+    keep = training.backups.KeepBest(str(tmp_path / "best.keras"), "val_accuracy")
+    keep.set_model(model)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(model, "save", full_disk)
+    with pytest.raises(OSError, match=rf"{tmp_path / 'best.keras'}, the best model so far, could not be written \(No space left"):
+        keep.on_epoch_end(0, {"val_accuracy": 0.5})
+    monkeypatch.setattr(model, "save_weights", full_disk)
+    backups = training.backups.Backups(str(tmp_path / "backup"))
+    each_epoch = training.backups.BackupEachEpoch(backups, training.Engine(batch_size=8), 2, {}, keep)
+    each_epoch.set_model(model)
+    with pytest.raises(OSError, match=rf"the backup of update 2 in {tmp_path / 'backup'} could not be written \(No space left"):
+        each_epoch.on_epoch_end(0)
+
+
+def test_an_offline_tfds_download_says_where_tfds_looked_and_what_to_do(tmp_path, monkeypatch, capsys):
+    import requests
+    import tensorflow_datasets as tfds
+
+    class Unprepared:
+        data_dir = str(tmp_path / "cifar10" / "3.0.2")
+
+        def is_prepared(self):
+            return False
+
+    def offline(*args, **kwargs):
+        raise requests.exceptions.ConnectionError("Max retries exceeded with url: https://www.cs.toronto.edu/...")
+
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: Unprepared())
+    monkeypatch.setattr(tfds, "load", offline)
+    with pytest.raises(
+        ValueError,
+        match=rf"TFDS could not download cifar10 \(ConnectionError: .*not prepared in {Unprepared.data_dir}.*--tfds_data_dir",
+    ):
+        data.from_tfds("cifar10")
+    assert (
+        f"[data] cifar10 is not prepared in {Unprepared.data_dir}: TFDS downloads and prepares it first"
+        in capsys.readouterr().err
+    )

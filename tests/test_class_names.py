@@ -146,7 +146,8 @@ def test_decode_predictions_with_class_names_and_backend_tensors():
         (np.zeros((1, 1000)), {"top": 2.5}, r"top must be a positive integer"),
         (np.zeros((1, 1000)), {"top": True}, r"top must be a positive integer"),
         (np.zeros((1, 3)), {"class_names": ["a", "b"]}, r"class_names has 2 names but logits has 3 classes per row"),
-        (np.zeros((1, 3)), {"class_names": "abc"}, r"class_names must be a list of names"),
+        (np.zeros((1, 3)), {"class_names": "abc"}, r"class_names must be a list of strings, one name per class"),
+        (np.zeros((1, 3)), {"class_names": {0: "a", 1: "b", 2: "c"}}, r"class_names must be a list of strings in class order"),
     ],
 )
 def test_decode_predictions_refuses_bad_arguments(logits, kwargs, message):
@@ -270,3 +271,40 @@ def test_the_tuner_names_the_head_and_an_export_keeps_the_names(tmp_path):
     assert bit_keras.BiT("auto", weights=str(tmp_path / "classifier"), num_classes=3).class_names is None  # a new head
     # Features carry no class names.
     assert "class_names" not in hub_export.export(tuner.model, tmp_path / "features", flavor="feature_vector")
+
+
+@pytest.mark.parametrize(
+    "names,message",
+    [
+        (["red", "blue"], r"class_names has 2 names but num_classes is 3"),
+        ("rgb", r"class_names must be a list of strings, one name per class, got the string 'rgb'"),
+        ({0: "red", 1: "green", 2: "blue"}, r"class_names must be a list of strings in class order, got a dict.*labels\[i\]"),
+        ([0, 1, 2], r"class_names must be a list of strings.*0 is not a string"),
+    ],
+)
+def test_a_source_with_class_names_not_one_string_per_class_is_refused(names, message):
+    source = bit_keras.data.from_arrays(np.zeros((3, 8, 8, 3), "uint8"), [0, 1, 2])
+    with pytest.raises(ValueError, match=message):
+        bit_keras.data.Source(source.dataset, 3, 3, names)
+
+
+@pytest.mark.parametrize(
+    "names,message",
+    [
+        (("a", "b"), r"model.class_names has 2 names but the head has 3 classes"),
+        ("abc", r"model.class_names must be a list of strings, one name per class, got the string 'abc'"),
+        ({0: "a", 1: "b", 2: "c"}, r"model.class_names must be a list of strings in class order, got a dict"),
+    ],
+)
+def test_exports_refuse_model_class_names_not_one_string_per_class(tmp_path, names, message):
+    import hub_export
+
+    model = bit_keras.BiT(bit_keras.Variant(TINY), num_classes=3)
+    model.class_names = names
+    with pytest.raises(ValueError, match=message):
+        hub_export.export(model, tmp_path / "hub", flavor="classification")
+    with pytest.raises(ValueError, match=message):
+        hub_export.export_format(model, tmp_path / "m.tflite", "litert")
+    with pytest.raises(ValueError, match=message):
+        bit_keras.save_transformers(model, tmp_path / "hf")
+    assert os.listdir(tmp_path) == []

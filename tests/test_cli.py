@@ -313,3 +313,47 @@ def test_distill_ends_with_student_teacher_and_agreement(tmp_path):
     assert line, result.stdout[-2000:]
     assert all(0 <= float(value) <= 1 for value in line.groups())
     assert bit_keras.BiT("auto", weights=str(tmp_path / "s.keras")).name.endswith("R1-1-1-1x1")
+
+
+def test_save_writes_keras_files_whole_or_not_at_all(tmp_path, monkeypatch):
+    """finetune, pretrain and distill --save through the package's atomic writer: a full disk keeps the previous file."""
+    import argparse
+
+    import keras
+
+    import bit_keras
+    from bit_keras import cli
+
+    target = tmp_path / "m.keras"
+    target.write_bytes(b"previous")
+
+    def full_disk(model, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"half a model")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save", full_disk)
+    args = argparse.Namespace(save=str(target), export_dir=None, overwrite=True)
+    with pytest.raises(OSError, match="No space left"):
+        cli.write_outputs(bit_keras.BiT(bit_keras.Variant((1, 1, 1, 1)), num_classes=2), args)
+    assert target.read_bytes() == b"previous" and os.listdir(tmp_path) == ["m.keras"]
+
+
+@pytest.mark.parametrize(
+    "argv,advice",
+    [
+        (["finetune", "--dataset", "d", "--flip", "false"], "--flip takes no value: --flip turns it on, --no-flip off"),
+        (
+            ["distill", "--dataset", "d", "--teacher", "t.keras", "--consistent", "False"],
+            "--consistent takes no value: --consistent turns it on, --no-consistent off",
+        ),
+        (["finetune", "--dataset", "d", "--overwrite", "yes"], "--overwrite takes no value: give it alone"),
+    ],
+)
+def test_a_value_given_to_a_boolean_flag_names_the_no_form(argv, advice, capsys):
+    from bit_keras import cli
+
+    with pytest.raises(SystemExit) as exit:
+        cli.main(argv)
+    assert exit.value.code == 2
+    assert advice in capsys.readouterr().err

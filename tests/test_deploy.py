@@ -215,6 +215,8 @@ def test_refuses_bad_arguments(state, tmp_path):
     keras.config.set_dtype_policy("mixed_float16")
     with pytest.raises(ValueError, match="float16.*ONNX export needs a float32 model"):
         hub_export.export_format(bit_keras.BiT(TINY, num_classes=CLASSES), str(tmp_path / "m.onnx"), "onnx")
+    with pytest.raises(ValueError, match="float16.*LiteRT export needs a float32 model"):  # its interpreter could not run it
+        hub_export.export_format(bit_keras.BiT(TINY, num_classes=CLASSES), str(tmp_path / "m.tflite"), "litert")
     assert os.listdir(tmp_path) == []
 
 
@@ -319,3 +321,9 @@ def test_cli_checks_the_out_suffix_and_image_size(keras_file, tmp_path, capsys):
         bit_keras_cli.main([*base, "--format", "onnx", "--image_size", "64", "--out", str(tmp_path / "m.onnx")])
     assert "--image_size takes two numbers separated by a comma; got '64'" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_a_deployment_saved_model_given_as_weights_is_named_as_such(state, tmp_path):
+    hub_export.export_format(tiny_model(state), str(tmp_path / "deployed"), "saved_model")
+    with pytest.raises(ValueError, match=r"is a deployment export \(hub_export.export_format.*hub_export.export\(model, path\)"):
+        bit_keras.BiT("auto", weights=str(tmp_path / "deployed"))

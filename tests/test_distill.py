@@ -168,3 +168,55 @@ def test_replicas_micro_batches_and_a_kill_give_the_updates_of_one_device(tmp_pa
     assert_same_training(run(tmp_path / "k.npz", "--trainer", "distill", "--checkpoint_dir", str(tmp_path / "run")), reference)
     best = keras.saving.load_model(tmp_path / "run" / "best.keras", compile=False)
     assert best.name == "R1-1-1-1x1" and best.output.shape == (None, 2)  # the student, not the pair
+
+
+def test_a_resume_with_another_teacher_of_the_same_architecture_is_refused(tmp_path):
+    images, labels = colour_task(16, size=16)
+    settings = {"student_weights": None, "batch_size": 8, "steps": 1, "image_size": 16, "seed": 0}
+    teacher = bit_keras.BiT(TINY, num_classes=3, name="teacher")
+    distill.BiTDistiller(teacher, TINY, checkpoint_dir=str(tmp_path), **settings).fit((images, labels), verbose=0)
+    other = bit_keras.BiT(TINY, num_classes=3, name="teacher")  # the same name and shapes, other weights
+    distiller = distill.BiTDistiller(other, TINY, checkpoint_dir=str(tmp_path), **settings)
+    with pytest.raises(ValueError, match="is of another run: teacher="):
+        distiller.fit((images, labels), verbose=0)
+
+
+def test_data_of_other_classes_than_the_teachers_is_refused():
+    images, labels = colour_task(16, size=16)
+    distiller = distill.BiTDistiller(bit_keras.BiT(TINY, num_classes=5), TINY, student_weights=None, batch_size=8, steps=1)
+    three = data.from_arrays(images, labels, num_classes=3)
+    with pytest.raises(ValueError, match="train has 3 classes but the teacher 5.*fine-tuned on these classes"):
+        distiller.fit(three, verbose=0)
+    five = data.from_arrays(images, labels, num_classes=5)
+    with pytest.raises(ValueError, match="validation_data has 3 classes but the teacher 5"):
+        distiller.fit(five, validation_data=three, verbose=0)
+    with pytest.raises(ValueError, match="data_source has 3 classes but the teacher 5"):
+        distiller.evaluate(three, verbose=0)
+
+
+def test_the_student_takes_the_class_names_of_the_data():
+    images, labels = colour_task(16, size=16)
+    source = data.Source(data.from_arrays(images, labels).dataset, 16, 3, ["red", "green", "blue"])
+    distiller = distill.BiTDistiller(bit_keras.BiT(TINY, num_classes=3), TINY, student_weights=None, batch_size=8, steps=1)
+    distiller.fit(source, verbose=0)
+    assert distiller.student.class_names == ("red", "green", "blue")
+
+
+def test_a_student_without_a_defined_output_is_refused_by_name():
+    unbuilt = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(3)], name="mine")
+    with pytest.raises(ValueError, match=r"The student 'mine' \(Sequential\) has no defined output.*student='BiT-M-R50x1'"):
+        distill.BiTDistiller(bit_keras.BiT(TINY, num_classes=3), unbuilt)
+
+
+def test_the_teacher_as_its_own_student_and_unreadable_teachers_are_refused_with_teacher_advice(tmp_path):
+    teacher = bit_keras.BiT(TINY, num_classes=3)
+    with pytest.raises(
+        ValueError, match="The student is the teacher model itself: the teacher is frozen, so nothing would train"
+    ):
+        distill.BiTDistiller(teacher, teacher)
+    headless = tmp_path / "headless.npz"
+    bit_keras.save_official(bit_keras.BiT(TINY, include_top=False), headless)
+    with pytest.raises(
+        ValueError, match=rf"teacher='{headless}' could not be read as a classifier: .*pass the model as teacher="
+    ):
+        distill.BiTDistiller(str(headless), TINY, student_weights=None)

@@ -561,3 +561,20 @@ def test_best_keras_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
         keep.on_epoch_end(1, {"val_accuracy": 0.9})
     assert (tmp_path / "best.keras").read_bytes() == previous
     assert sorted(os.listdir(tmp_path)) == ["best.keras"]
+
+
+def test_runs_with_validation_data_of_unknown_size_warn_of_nothing(tmp_path, recwarn):
+    from PIL import Image
+
+    images, labels = colour_task(16)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (tmp_path / f"class{label}").mkdir(exist_ok=True)
+        Image.fromarray(image).save(tmp_path / f"class{label}" / f"{i}.png")
+    folder = data.from_folder(tmp_path)  # its tf.data has no known size: Keras finds its end by running out
+    tuner = BiTFineTuner(bit_keras.BiT("R1-1-1-1x1", num_classes=2), batch_size=8, steps=2, sizes=(20, 16))
+    tuner.fit(folder, validation_data=folder, verbose=0)
+    tuner.evaluate(folder, verbose=0)
+    distiller = bit_keras.BiTDistiller(tuner.model, "R1-1-1-1x1", student_weights=None, batch_size=8, steps=2, image_size=16)
+    distiller.fit(folder, validation_data=folder, verbose=0)
+    distiller.evaluate(folder, verbose=0)
+    assert not [str(w.message) for w in recwarn if "ran out of data" in str(w.message)]

@@ -279,3 +279,13 @@ def test_predict_and_evaluate_fold_under_the_strategy_and_the_mixed_policy(folds
     for _, folded in folds:
         assert strategy.extended.variable_created_in_scope(folded.get_layer("root_conv").kernel.value)
         assert folded.get_layer("root_conv").compute_dtype == "bfloat16"
+
+
+def test_the_copy_is_for_inference_only_and_keeps_the_class_names():
+    model = randomised(bit_keras.BiT(TINY, num_classes=2))
+    model.class_names = ("cat", "dog")
+    folded = bit_keras.fold(model)
+    assert folded.trainable is False and folded.trainable_weights == []
+    assert folded.class_names == ("cat", "dog")
+    model.class_names = ("puma", "wolf")
+    assert bit_keras.fold(model, into=folded).class_names == ("puma", "wolf")

@@ -492,6 +492,51 @@ def test_a_half_finished_run_resumes_from_its_backup(tmp_path, capsys):
     assert record["steps"] == 4 and 0 <= record["top1"] <= 100
 
 
+def test_damaged_run_records_are_named_then_run_again_or_left_out(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for task in ("dtd", "eurosat"):
+        (runs / task).mkdir(parents=True)
+    (runs / "dtd" / "run0.json").write_text("{}")
+    (runs / "dtd" / "run1.json").write_text("[1, 2]")
+    (runs / "eurosat" / "run0.json").write_text('{"top1": 5')  # half-written
+    (runs / "eurosat" / "run1.json").write_text('{"settings": {}}')
+    with tfds.testing.mock_data(num_examples=8):
+        results = suites.reproduce(
+            "vtab1k",
+            bit_keras.Variant((1, 1, 1, 1)),
+            weights=None,
+            settings=_quiet_settings(tmp_path, ("dtd",), runs=2),
+            run={"batch_size": 4, "seed": 0},
+            recipe={"steps": 1, "sizes": (20, 16)},
+            verbose=0,
+        )
+    out = capsys.readouterr().out
+    assert f"{runs / 'dtd' / 'run0.json'} is damaged (no 'settings' object)" in out
+    assert f"{runs / 'dtd' / 'run1.json'} is damaged (no 'settings' object)" in out
+    assert out.count("it is run again") == 2 and out.count("BiT-HyperRule") == 2
+    assert f"{runs / 'eurosat' / 'run0.json'} is damaged (not JSON" in out
+    assert f"{runs / 'eurosat' / 'run1.json'} is damaged ('top1' is None, not a number)" in out
+    assert out.count("left out of the table; --tasks eurosat runs it again") == 2
+    for k in (0, 1):
+        assert 0 <= json.loads((runs / "dtd" / f"run{k}.json").read_text())["top1"] <= 100
+    assert [task["name"] for task in results["tasks"] if task["runs"]] == ["dtd"]
+
+
+def test_a_batch_size_of_0_is_refused_not_replaced(tmp_path):
+    settings = _quiet_settings(tmp_path, ("dtd",))
+    recipe = {"steps": 1, "sizes": (20, 16)}
+    with tfds.testing.mock_data(num_examples=8), pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        suites.reproduce(
+            "vtab1k",
+            bit_keras.Variant((1, 1, 1, 1)),
+            weights=None,
+            settings=settings,
+            run={"batch_size": 0},
+            recipe=recipe,
+            verbose=0,
+        )
+
+
 def test_evaluate_released_reads_the_release_from_the_cache(tmp_path):
     with tfds.testing.mock_data(num_examples=8):
         test_labels = [int(example["label"]) for example in tfds.load("dtd", split="test")]
@@ -549,3 +594,8 @@ def test_reproduce_help_lists_the_config_flags(capsys):
         assert flag in text, flag
     assert "--flip" not in text and "--random_crop" not in text  # each task's own: they keep the label
     assert "{fewshot,paper,vtab1k}" in text
+
+
+def test_settings_of_the_wrong_kind_are_refused_naming_the_suite_config():
+    with pytest.raises(TypeError, match="settings must be a config.SuiteConfig or a dict of its fields, got a RunConfig"):
+        suites.reproduce("vtab1k", "R1-1-1-1x1", weights=None, settings=config.RunConfig())

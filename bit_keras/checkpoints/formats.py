@@ -18,7 +18,7 @@ from bit_keras.checkpoints.keras_files import read_keras, read_keras_weights
 from bit_keras.checkpoints.mapping import HEAD_BIAS, ROOT_KERNEL
 from bit_keras.checkpoints.official import read_h5, read_npz
 from bit_keras.checkpoints.pytorch import pytorch_family, read_safetensors, read_torch, read_transformers
-from bit_keras.checkpoints.saved_model import exported_class_names, read_saved_model
+from bit_keras.checkpoints.saved_model import export_record, exported_class_names, read_saved_model
 
 
 @dataclasses.dataclass
@@ -96,7 +96,15 @@ def read_folder(path):
     if os.path.isfile(os.path.join(path, "config.json")) and not os.path.isfile(os.path.join(path, "saved_model.pb")):
         state, names = read_transformers(path)
         return Weights(state, "transformers", path, names)
-    return Weights(read_saved_model(path), "official", path, exported_class_names(path))
+    record = export_record(path)
+    if record.get("format") == "saved_model":
+        raise ValueError(
+            f"{path} is a deployment export (hub_export.export_format(..., 'saved_model')): a serving model around "
+            f"folded convolutions, for inference, which BiT(weights=) does not read back. Run it with "
+            f"tf.saved_model.load or hub_export.run_exported; to load the model, pass its own weights (a .keras or "
+            f".npz file) or a TF-Hub export (hub_export.export(model, path))."
+        )
+    return Weights(read_saved_model(path), "official", path, exported_class_names(record))
 
 
 def read_checkpoint(path):

@@ -116,11 +116,17 @@ def _model_nodes(graph):
     return seen
 
 
-def exported_class_names(folder):
-    """The class names `hub_export` recorded in a SavedModel folder, or None (TF Hub's modules record none)."""
+def export_record(folder):
+    """What `hub_export` recorded in a SavedModel folder (its class names, its format, ...), or {} (TF Hub's modules record nothing)."""
     try:
         with open(os.path.join(folder, EXPORT_RECORD_PATH)) as f:
-            names = json.load(f).get("class_names")
-    except (OSError, ValueError, AttributeError):
-        return None
+            record = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def exported_class_names(record):
+    """The class names in an export's record, or None."""
+    names = record.get("class_names")
     return list(names) if isinstance(names, list) and all(isinstance(name, str) for name in names) else None

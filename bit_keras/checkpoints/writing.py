@@ -20,6 +20,7 @@ import socket
 import keras
 import numpy as np
 
+from bit_keras import arguments
 from bit_keras.checkpoints.mapping import HEAD_BIAS, HEAD_KERNEL, from_official, infer_variant, model_state
 from bit_keras.checkpoints.validate import check_values
 from bit_keras.optional import require
@@ -286,21 +287,14 @@ def save_timm(model, path, overwrite=False):
         safetensors_numpy.save_file(state, tmp, metadata={"format": "pt"})
 
 
-def transformers_config(state, class_names=None):
-    """The `config.json` of a transformers Bit model for an official-layout state."""
+def transformers_config(state, class_names=None, names_argument="class_names"):
+    """The `config.json` of a transformers Bit model for an official-layout state; `names_argument` names `class_names` in errors."""
     variant = infer_variant(state)
     if variant is None:
         raise ValueError("The model's weights are not a BiT layout; nothing to describe in config.json.")
     classes = int(state[HEAD_BIAS].shape[0]) if HEAD_BIAS in state else 0
     if class_names is not None:
-        if isinstance(class_names, (str, bytes)) or not all(isinstance(name, str) for name in class_names):
-            raise ValueError(
-                f"class_names must be a list of strings, one per class, got {class_names!r:.80}. "
-                f"Pass e.g. class_names=['cat', 'dog']."
-            )
-        class_names = list(class_names)
-        if len(class_names) != classes:
-            raise ValueError(f"class_names has {len(class_names)} names but the head has {classes} classes.")
+        class_names = list(arguments.class_names(names_argument, class_names, classes))
     config = {
         "architectures": ["BitForImageClassification" if classes else "BitModel"],
         "model_type": "bit",
@@ -344,11 +338,10 @@ def save_transformers(model, path, class_names=None, overwrite=False):
     """
     safetensors_numpy = require("safetensors.numpy", "safetensors")
     official = _state_to_write(model, "save_transformers")
-    if class_names is None:  # the names BiT() read with the weights, where they fit the head
-        own = getattr(model, "class_names", None)
-        if own is not None and HEAD_BIAS in official and len(own) == official[HEAD_BIAS].shape[0]:
-            class_names = list(own)
-    config = transformers_config(official, class_names)
+    names, argument = class_names, "class_names"
+    if names is None:  # the model's own, as BiT() read them with the weights or a trainer set them
+        names, argument = getattr(model, "class_names", None), "model.class_names"
+    config = transformers_config(official, names, argument)
     state = from_official("transformers", official)
     if HEAD_KERNEL not in official:  # a BitModel: the body without the "bit." prefix
         state = {key[len("bit.") :]: value for key, value in state.items()}

@@ -13,11 +13,12 @@ import dataclasses
 import hashlib
 import os
 import pathlib
+import sys
 import warnings
 
 import numpy as np
 
-from bit_keras import optional
+from bit_keras import arguments, optional
 
 tf = optional.tensorflow("bit_keras.data (tf.data pipelines, from_tfds, from_folder, from_arrays)")
 
@@ -59,6 +60,12 @@ class Source:
     class_names: list | None = None
     by_index: object = None
 
+    def __post_init__(self):
+        self.num_classes = arguments.positive_int("num_classes", self.num_classes)
+        if self.class_names is not None:
+            names = arguments.class_names("class_names", self.class_names, self.num_classes, f"num_classes is {self.num_classes}")
+            self.class_names = list(names)
+
 
 def from_tfds(name, split="train", data_dir=None, image_key="image", label_key="label"):
     """A `Source` from a tensorflow-datasets dataset (downloaded if needed).
@@ -81,10 +88,7 @@ def from_tfds(name, split="train", data_dir=None, image_key="image", label_key="
     >>> source.num_examples, source.num_classes
     (5, 10)
     """
-    # Imported here: it is slow to import and only TFDS sources need it.
-    import tensorflow_datasets as tfds
-
-    dataset, info = tfds.load(name, split=split, data_dir=data_dir, with_info=True, shuffle_files=False)
+    dataset, info = tfds_load(name, split, data_dir)
     for role, key in (("image_key", image_key), ("label_key", label_key)):
         if key not in info.features:
             raise ValueError(
@@ -110,6 +114,40 @@ def from_tfds(name, split="train", data_dir=None, image_key="image", label_key="
     return Source(dataset, num_examples, label_feature.num_classes, list(label_feature.names))
 
 
+def tfds_load(name, split, data_dir=None):
+    """(dataset, info) of `tfds.load`, files in a fixed order; a dataset TFDS must first download is said at once.
+
+    Offline, TFDS retries its download for minutes and then raises the HTTP
+    library's error: it is said before which folder TFDS looks in, and after
+    what to do.
+    """
+    # Imported here: it is slow to import and only TFDS sources need it.
+    import tensorflow_datasets as tfds
+
+    def load():
+        return tfds.load(name, split=split, data_dir=data_dir, with_info=True, shuffle_files=False)
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception:  # TFDS' own errors for unknown names and versions: tfds.load raises them with its advice
+        return load()
+    if builder.is_prepared():
+        return load()
+    print(
+        f"[data] {name} is not prepared in {builder.data_dir}: TFDS downloads and prepares it first (this needs the network)",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        return load()
+    except OSError as error:  # the HTTP library's connection errors among them
+        raise ValueError(
+            f"TFDS could not download {name} ({type(error).__name__}: {str(error).splitlines()[0][:200]}), which is not "
+            f"prepared in {builder.data_dir}. Prepare it on a machine with the network (tfds.load({name!r})) and copy "
+            f"its folder there, or pass data_dir= (--tfds_data_dir) the folder where it is prepared."
+        ) from None
+
+
 def from_arrays(images, labels, num_classes=None):
     """A `Source` from in-memory arrays.
 
@@ -129,18 +167,19 @@ def from_arrays(images, labels, num_classes=None):
     >>> image.shape, image.dtype.name, int(image[0, 0, 2])
     (TensorShape([10, 10, 3]), 'uint8', 200)
     """
-    images = _as_uint8_rgb(np.asarray(images))
+    images = _as_uint8_rgb(_stacked(images))
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != len(images):
+        like_images = " They look like images: pass (images, labels), not a list of images." if labels.ndim >= 2 else ""
         raise ValueError(
             f"labels must be one class id per image: got labels of shape {labels.shape} for "
-            f"{len(images)} images. Pass a 1-D array of {len(images)} integers."
+            f"{len(images)} images. Pass a 1-D array of {len(images)} integers.{like_images}"
         )
     if len(labels) == 0:
         raise ValueError("from_arrays got no examples; pass at least one image and label.")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(_label_type_error(labels))
-    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    num_classes = int(labels.max()) + 1 if num_classes is None else arguments.positive_int("num_classes", num_classes)
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(
             f"labels must lie in [0, num_classes={num_classes}); they span [{labels.min()}, {labels.max()}]. "
@@ -193,6 +232,7 @@ def from_folder(path, extensions=(".jpg", ".jpeg", ".png", ".bmp", ".gif"), veri
     >>> source.num_examples, source.class_names
     (2, ['cat', 'dog'])
     """
+    verify = arguments.flag("verify", verify, also=("auto",))  # 1 is refused: it passed as True, then verified nothing
     root = pathlib.Path(path)
     if not root.is_dir():
         raise ValueError(f"{path} is not a folder. Pass a folder holding one sub-folder of images per class.")
@@ -219,8 +259,6 @@ def from_folder(path, extensions=(".jpg", ".jpeg", ".png", ".bmp", ".gif"), veri
             f"{'/'.join('.' + e for e in extensions)} images: {_some(skipped)}",
             stacklevel=2,
         )
-    if verify not in (True, False, "auto"):
-        raise ValueError(f"verify must be True, False or 'auto', got {verify!r}.")
     if verify is True or (verify == "auto" and len(paths) <= VERIFY_UP_TO):
         with concurrent.futures.ThreadPoolExecutor(max_workers=_IO_THREADS) as pool:
             decodes = list(pool.map(_decodes, paths, chunksize=64))
@@ -286,12 +324,19 @@ def as_source(data, num_classes=None, dataset_size=None):
                 f"A tf.data.Dataset for training must yield (image, label) pairs or {{'image', 'label'}} dicts, one "
                 f"example at a time (unbatched); this one yields {spec}. Map it to (image, label) first."
             )
+        image_spec = data.element_spec[0]
+        if image_spec.shape.rank == 4:
+            raise ValueError(
+                f"This tf.data.Dataset is batched (images of shape {image_spec.shape}): the trainers batch it themselves, "
+                f"one global batch per update. Pass it unbatched: dataset.unbatch()."
+            )
         if dataset_size is None or num_classes is None:
             raise ValueError(
-                "A tf.data.Dataset does not say how many examples and classes it has: pass dataset_size= and "
-                "num_classes= to the trainer, or use bit_keras.data.from_arrays / from_folder / from_tfds."
+                "A tf.data.Dataset does not say how many examples and classes it has: wrap it as "
+                "bit_keras.data.Source(dataset, num_examples, num_classes) (BiTFineTuner also takes dataset_size= and "
+                "num_classes=), or use bit_keras.data.from_arrays / from_folder / from_tfds."
             )
-        return Source(data, int(dataset_size), int(num_classes))
+        return Source(data, arguments.positive_int("dataset_size", dataset_size), num_classes)
     raise TypeError(
         f"Training data must be a bit_keras.data.Source, (images, labels) arrays or a tf.data.Dataset "
         f"of (image, label) pairs; got {type(data).__name__}."
@@ -393,6 +438,19 @@ def _to_rgb(image):
     if channels == 3:
         return image
     raise ValueError(f"Images must have 1, 3 or 4 channels, got shape {image.shape}.")
+
+
+def _stacked(images):
+    """`images` as one array; images of different sizes cannot be one, and are refused saying what takes them."""
+    try:
+        return np.asarray(images)
+    except ValueError:  # NumPy: "inhomogeneous shape"
+        sizes = sorted({np.shape(image) for image in images})
+        raise ValueError(
+            f"images must be equally sized to make one (N, H, W, 3) array; these come in {len(sizes)} shapes "
+            f"({', '.join(map(str, sizes[:3]))}{', ...' if len(sizes) > 3 else ''}). Resize them to one size, or save them "
+            f"in one folder per class and use from_folder, which takes images of any size."
+        ) from None
 
 
 def _as_uint8_rgb(images):

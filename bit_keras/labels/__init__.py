@@ -40,6 +40,8 @@ import numbers
 
 import numpy as np
 
+from bit_keras import arguments
+
 ILSVRC2012_CLASSES = 1000
 IMAGENET21K_CLASSES = 21843
 _FILES = {ILSVRC2012_CLASSES: "ilsvrc2012.txt", IMAGENET21K_CLASSES: "imagenet21k.txt"}
@@ -112,13 +114,7 @@ def decode_predictions(logits, top=5, class_names=None):
             )
         ids, names = zip(*imagenet_labels(classes))
     else:
-        if isinstance(class_names, (str, bytes)):
-            raise ValueError(f"class_names must be a list of names, one per class, got the string {class_names!r:.80}.")
-        names = tuple(class_names)
-        if len(names) != classes:
-            raise ValueError(
-                f"class_names has {len(names)} names but logits has {classes} classes per row; pass one name per class."
-            )
+        names = arguments.class_names("class_names", class_names, classes, of=f"logits has {classes} classes per row")
         ids = range(classes)
     if isinstance(top, bool) or not isinstance(top, numbers.Integral) or not 1 <= top <= classes:
         raise ValueError(f"top must be a positive integer no larger than the {classes} classes of logits, got {top!r}.")

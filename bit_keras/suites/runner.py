@@ -50,7 +50,7 @@ def reproduce(
         callbacks: extra Keras callbacks for every fine-tuning run.
     """
     suite = get(suite) if isinstance(suite, str) else suite
-    settings = settings or config.SuiteConfig()
+    settings = config.as_config(config.SuiteConfig, settings if settings is not None else {}, "settings")
     run, recipe = dict(run or {}), {k: v for k, v in (recipe or {}).items() if v is not None}
     if isinstance(variant, str) and variant.lower() == "auto":
         raise ValueError(
@@ -68,7 +68,7 @@ def reproduce(
         weights = release_name(variant)
     chosen = _chosen_tasks(suite, settings)
     context = _Context(suite, variant, weights, settings, run, recipe, out, callbacks, verbose)
-    os.makedirs(out, exist_ok=True)
+    _make_folder(out)
     source = (
         "released per-task models" if settings.evaluate_released else f"weights {weights or 'random (a check of the machinery)'}"
     )
@@ -119,7 +119,7 @@ class _Context:
     def configs(self, task, k):
         """The (FineTuneRecipe, RunConfig) of run k of `task`: the suite's protocol, then what the caller set."""
         run = {name: value for name, value in self.run.items() if value is not None}
-        run["batch_size"] = run.get("batch_size") or task.batch_size or hyperrule.REFERENCE_BATCH_SIZE
+        run.setdefault("batch_size", task.batch_size or hyperrule.REFERENCE_BATCH_SIZE)  # a given 0 is refused, not replaced
         run["seed"] = self.seed(k)
         root = run.get("checkpoint_dir") or os.path.join(self.out, "backups")
         run["checkpoint_dir"] = os.path.join(root, task.name, f"run{k}")
@@ -143,15 +143,27 @@ class _Context:
     def path(self, task, k):
         return os.path.join(self.out, "runs", task.name, f"run{k}.json")
 
-    def finished(self, task, k):
-        """The record of a finished run k of `task`, or None; a record of other settings is refused."""
+    def finished(self, task, k, redo=True):
+        """The record of a finished run k of `task`, or None; a record of other settings is refused.
+
+        A damaged record (half-written, or not a run's) is said and counts as
+        no record: the run is done again when `redo`, else left out of the table.
+        """
+        path = self.path(task, k)
         try:
-            with open(self.path(task, k)) as f:
+            with open(path) as f:
                 record = json.load(f)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as error:
-            raise ValueError(f"{self.path(task, k)} is unreadable ({error}); delete it to run {task.name} again.") from None
+        except ValueError as error:
+            return _damaged(path, f"not JSON: {error}", task, k, redo)
+        except OSError as error:
+            raise ValueError(f"{path} is unreadable ({error}); delete it to run {task.name} again.") from None
+        if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+            return _damaged(path, "no 'settings' object", task, k, redo)
+        top1 = record.get("top1")
+        if isinstance(top1, bool) or not isinstance(top1, (int, float)):
+            return _damaged(path, f"'top1' is {top1!r}, not a number", task, k, redo)
         expected = self.fingerprint(task, k)
         differences = config.fingerprint_differences(record["settings"], expected)
         if differences:
@@ -166,7 +178,7 @@ class _Context:
         records = []
         for k in range(runs):
             try:
-                record = self.finished(task, k)
+                record = self.finished(task, k, redo=False)
             except ValueError:
                 record = None
             if record is not None:
@@ -246,6 +258,24 @@ class _Context:
         return results
 
 
+def _make_folder(out):
+    """Makes the results folder `out`, or says, naming --out, why it cannot be one (before the runs' backups do)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"out={out!r} (--out) is a file: results go in a folder. Pass the path of a folder, new or existing.")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"out={out!r} (--out) cannot be made a folder: {error.strerror or error}. Choose another.") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"out={out!r} (--out) is not a writable folder. Choose a folder you can write.")
+
+
+def _damaged(path, what, task, k, redo):
+    """Says that the record at `path` is damaged (`what`), and what becomes of run k of `task`; returns None."""
+    then = "it is run again" if redo else f"it is left out of the table; --tasks {task.name} runs it again"
+    print(f"[reproduce] {path} is damaged ({what}): the record of {task.name} run {k + 1} does not count, {then}")
+
+
 def _released_name(variant, k, task):
     name = f"{variant.name}-run{k}-{task.release}"
     if checkpoints.find_release(name) is None:
@@ -291,19 +321,18 @@ def load_split(task, split, settings=None):
     when this TFDS no longer builds it (said in a line).
     """
     import tensorflow as tf
-    import tensorflow_datasets as tfds
 
     settings = settings or config.SuiteConfig()
     name = task.builder
     if settings.pin_versions and task.version:
         name = f"{task.builder}:{task.version}"
     try:
-        dataset, info = tfds.load(name, split=split, data_dir=settings.tfds_data_dir, with_info=True, shuffle_files=False)
+        dataset, info = data.sources.tfds_load(name, split, settings.tfds_data_dir)
     except (AssertionError, ValueError) as error:
         if name == task.builder or "version" not in str(error):
             raise
         print(f"[data] {task.builder}: this TFDS has no version {task.version} (the benchmark's); reading its default")
-        dataset, info = tfds.load(task.builder, split=split, data_dir=settings.tfds_data_dir, with_info=True, shuffle_files=False)
+        dataset, info = data.sources.tfds_load(task.builder, split, settings.tfds_data_dir)
     _check_split_sizes(task, info)
     for feature, classes in task.feature_classes:
         if info.features[feature].num_classes != classes:

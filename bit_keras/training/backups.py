@@ -48,6 +48,13 @@ def run_lock(folder):
             break
         except FileExistsError:
             holder = _read_lock(path)
+            if holder is None:
+                # No owner can be named, so none can be checked for life; taking it over could run two at once.
+                raise ValueError(
+                    f"checkpoint_dir={folder!r}: its lock {path} is damaged (empty, not JSON, not a run's record, or "
+                    f"not a file), so the run that holds the folder cannot be named. If no run is using this folder, "
+                    f"delete {path} and start again; otherwise pass another checkpoint_dir."
+                ) from None
             pid = holder.get("pid")
             alive = isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and checkpoints.process_alive(pid)
             stale = holder.get("host") == owner["host"] and not alive
@@ -72,12 +79,26 @@ def run_lock(folder):
 
 
 def _read_lock(path):
+    """The {"host", "pid"} record of the lock at `path`, or None when it cannot be read as one."""
     try:
         with open(path) as f:
             holder = json.load(f)
-        return holder if isinstance(holder, dict) else {}
     except (OSError, ValueError):
-        return {}
+        return None
+    return holder if isinstance(holder, dict) and {"host", "pid"} <= set(holder) else None
+
+
+@contextlib.contextmanager
+def _naming(what):
+    """Names `what` was being written in an OSError of the body: a full disk otherwise says "No space left" and no path."""
+    try:
+        yield
+    except OSError as error:
+        raise OSError(
+            error.errno,
+            f"{what} could not be written ({error.strerror or error}). Free space there, or pass another checkpoint_dir; "
+            f"what was written before is kept.",
+        ) from error
 
 
 class Backups:
@@ -201,7 +222,8 @@ class BackupEachEpoch(keras.callbacks.Callback):
             "best": self.keep_best.best,
             "fingerprint": self.fingerprint,
         }
-        self.backups.save(self.model, record)
+        with _naming(f"the backup of update {record['step']} in {self.backups.folder}"):
+            self.backups.save(self.model, record)
 
 
 class KeepBest(keras.callbacks.Callback):
@@ -228,7 +250,8 @@ class KeepBest(keras.callbacks.Callback):
         model = self.saved if self.saved is not None else self.model
         # Every worker saves (see `Backups.save`); only the chief's file is kept.
         if self.writer:
-            checkpoints.save_keras(model, self.path, overwrite=True)
+            with _naming(f"{self.path}, the best model so far,"):
+                checkpoints.save_keras(model, self.path, overwrite=True)
             return
         folder = tempfile.mkdtemp(prefix="bit-keras-worker-best-")
         try:

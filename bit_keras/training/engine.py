@@ -55,7 +55,7 @@ class Engine:
     """
 
     def __init__(self, run=None, **settings):
-        self.run = run = run if run is not None else config.RunConfig(**settings)
+        self.run = run = config.as_config(config.RunConfig, run, "run") if run is not None else config.RunConfig(**settings)
         self.jit_compile = run.jit_compile
         self.batch_size = run.batch_size
         self.batch_split = run.batch_split
@@ -68,7 +68,7 @@ class Engine:
                 f"{self.replicas} replica(s), i.e. be a multiple of {self.batch_split * self.replicas}. "
                 f"Change batch_size or batch_split."
             )
-        self.checkpoint_dir = None if run.checkpoint_dir is None else os.fspath(run.checkpoint_dir)
+        self.checkpoint_dir = run.checkpoint_dir
         self.fused = True  # until `compile` knows the run's length
         self._set_seed(run.seed)
 
@@ -93,7 +93,12 @@ class Engine:
     def scope(self):
         """The strategy's scope, in which the engine builds and runs; unfused for the runs `compile` names."""
         with distribute.scope(self.strategy), contextlib.nullcontext() if self.fused else layers.unfused():
-            yield
+            with warnings.catch_warnings():
+                # Keras says "Your input ran out of data" at the end of every pass over a dataset of unknown
+                # size (a folder's, TFDS's): the normal end of an evaluation. Training streams repeat forever,
+                # so under the engine the warning never means a fault, and users read it as one.
+                warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+                yield
 
     def adopt(self, model):
         """`model`, or its copy with variables made under the strategy when they were made outside it."""
