@@ -212,15 +212,7 @@ def main(argv=None):
         parser.error("--cycles must be at least 2: the growth per cycle compares the first and the last")
     if args.worker:
         return worker(args)
-    passthrough = [
-        f"--variant={args.variant}",
-        f"--cycles={args.cycles}",
-        f"--suite_variant={args.suite_variant}",
-        f"--suite_runs={args.suite_runs}",
-        f"--suite_examples={args.suite_examples}",
-        f"--suite_steps={args.suite_steps}",
-    ]
-    return coordinate(args, passthrough)
+    return coordinate(args, harness.passthrough(args))
 
 
 if __name__ == "__main__":

@@ -604,18 +604,7 @@ def main(argv=None):
             setattr(args, key, setting[key])
     if args.worker:
         return worker(args)
-    passthrough = [
-        f"--setting={args.setting}",
-        f"--precision={args.precision}",
-        f"--variant={args.variant}",
-        f"--batch_size={args.batch_size}",
-        f"--image_size={args.image_size}",
-        f"--num_classes={args.num_classes}",
-        f"--warmup={args.warmup}",
-        f"--steps={args.steps}",
-        f"--min_seconds={args.min_seconds}",
-    ]
-    return coordinate(args, passthrough)
+    return coordinate(args, harness.passthrough(args))
 
 
 if __name__ == "__main__":

@@ -118,6 +118,11 @@ class Contender:
             os.remove(self.log.name)
 
 
+def passthrough(args):
+    """The coordinator's parsed flags as a worker's command line (every flag but `--worker`)."""
+    return [f"--{name}={value}" for name, value in sorted(vars(args).items()) if name != "worker" and value is not None]
+
+
 def rotated(names, repeat):
     """`names` rotated by `repeat`, so that over the repeats every contender runs at every position."""
     names = list(names)
