@@ -62,6 +62,7 @@ model's convolution and dense FLOPs, measured in the same run.
 
 import argparse
 import contextlib
+import statistics
 import sys
 import time
 
@@ -411,7 +412,7 @@ def _median_rows(results):
         row = {}
         for mode, runs in modes.items():
             if runs:
-                seconds = harness.median(r["seconds_per_step"] for r in runs)
+                seconds = statistics.median(r["seconds_per_step"] for r in runs)
                 row[mode] = seconds
         row["memory"] = max((r["peak_memory_mb"] for runs in modes.values() for r in runs), default=None)
         row["memory_kind"] = next((r["memory_kind"] for runs in modes.values() for r in runs), "")

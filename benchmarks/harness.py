@@ -1,4 +1,4 @@
-"""What the benchmarks here share: contender processes that answer in JSON lines, memory readings, medians, the report.
+"""What the benchmarks here share: contender processes that answer in JSON lines, memory readings, rotation, the report.
 
 Each contender of a benchmark runs in a process of its own (its own
 interpreter, backend and allocator), started from the benchmark's script
@@ -12,7 +12,6 @@ import json
 import os
 import queue
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -128,10 +127,6 @@ def rotated(names, repeat):
     names = list(names)
     shift = repeat % len(names) if names else 0
     return names[shift:] + names[:shift]
-
-
-def median(values):
-    return statistics.median(values)
 
 
 def print_json_lines(lines):
