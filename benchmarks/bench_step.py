@@ -204,16 +204,21 @@ def _keras_steps(args, family, options):
     return infer, train, device_peak, description, forward_gflop
 
 
-def _one_pass_group_norm(x, gamma, beta, groups, epsilon):
+def _one_pass_group_norm(x, gamma, beta, groups, epsilon, channels):
     """GroupNorm with E[x^2] - E[x]^2 as its variance: one pass over the activations, fewer digits."""
     from keras import ops
 
-    shape, per_group = ops.shape(x), x.shape[-1] // groups
-    grouped = ops.reshape(x, (shape[0], -1, groups, per_group))
-    mean = ops.mean(grouped, axis=(1, 3), keepdims=True)
-    variance = ops.maximum(ops.mean(ops.square(grouped), axis=(1, 3), keepdims=True) - ops.square(mean), 0.0)
-    scale = ops.reshape(gamma, (1, 1, groups, per_group)) * ops.rsqrt(variance + epsilon)
-    return ops.reshape(grouped * scale + ops.reshape(beta, (1, 1, groups, per_group)) - mean * scale, shape)
+    shape, per_group = ops.shape(x), channels // groups
+    pixels = ops.reshape(x, (shape[0], -1, channels))
+
+    def group_mean(per_channel):
+        grouped = ops.mean(ops.reshape(per_channel, (-1, groups, per_group)), axis=2, keepdims=True)
+        return ops.reshape(ops.broadcast_to(grouped, (shape[0], groups, per_group)), (-1, 1, channels))
+
+    mean = group_mean(ops.mean(pixels, axis=1))
+    variance = ops.maximum(group_mean(ops.mean(ops.square(pixels), axis=1)) - ops.square(mean), 0.0)
+    scale = ops.reshape(gamma, (1, 1, channels)) * ops.rsqrt(variance + epsilon)
+    return ops.reshape(pixels * scale + ops.reshape(beta, (1, 1, channels)) - mean * scale, shape)
 
 
 def _skip_normalization(bit_keras):

@@ -207,12 +207,24 @@ class GroupNormalization(keras.layers.Layer):
 
 
 def _group_norm(x, gamma, beta, groups, epsilon, channels):
+    # Every reduction runs first over the pixels of each channel, which lie
+    # `channels` apart in channels-last memory so that one pass reads whole
+    # vectors of channels, and only then over each group's channels, a tiny
+    # (batch, channels) array; reducing over pixels and a group's channels at
+    # once read the activations group by group, about a tenth slower a step
+    # (the measurement is in docs/performance.md). Under XLA (see `_shared`)
+    # the centring, both reductions and the scale and shift fuse into passes
+    # over the activations.
     shape = ops.shape(x)
     per_group = channels // groups
-    grouped = ops.reshape(x, (shape[0], -1, groups, per_group))
-    # Under XLA (see `_shared`) the centring, both reductions and the scale and
-    # shift fuse into passes over the activations, with nothing materialised.
-    centered = grouped - ops.mean(grouped, axis=(1, 3), keepdims=True)
-    variance = ops.mean(ops.square(centered), axis=(1, 3), keepdims=True)
-    scale = ops.reshape(gamma, (1, 1, groups, per_group)) * ops.rsqrt(variance + epsilon)
-    return ops.reshape(centered * scale + ops.reshape(beta, (1, 1, groups, per_group)), shape)
+    pixels = ops.reshape(x, (shape[0], -1, channels))
+
+    def group_mean(per_channel):
+        """(batch, channels) -> (batch, 1, channels): each channel's entry becomes its group's mean."""
+        grouped = ops.mean(ops.reshape(per_channel, (-1, groups, per_group)), axis=2, keepdims=True)
+        return ops.reshape(ops.broadcast_to(grouped, (shape[0], groups, per_group)), (-1, 1, channels))
+
+    centered = pixels - group_mean(ops.mean(pixels, axis=1))
+    variance = group_mean(ops.mean(ops.square(centered), axis=1))
+    scale = ops.reshape(gamma, (1, 1, channels)) * ops.rsqrt(variance + epsilon)
+    return ops.reshape(centered * scale + ops.reshape(beta, (1, 1, channels)), shape)
