@@ -17,6 +17,9 @@ One training step is forward, soft-label cross-entropy, backward and an SGD
     bit_keras/tf-gn-onepass  the default with GroupNorm's variance taken in one pass, E[x^2] - E[x]^2,
                           instead of the centred two passes (only when named in --contenders): what
                           the accurate variance costs
+    bit_keras/tf-gn-grouped  the default with GroupNorm's statistics reduced over the pixels and a
+                          group's channels at once, as before the per-channel-first reduction
+                          (only when named in --contenders): what that order costs
     bit_keras/tf-folded   inference only, what `BiTFineTuner.predict` and `evaluate` run:
                           `bit_keras.fold(model)` (weight standardisation computed once, into plain
                           convolutions), compiled with `jit_compile=False` (GroupNorm's shared
@@ -80,7 +83,8 @@ CONTENDERS = {
     "bit_keras/tf-noxla": ("bit_keras", "tensorflow", {"jit_compile": False}),
     "bit_keras/tf-unfused": ("bit_keras", "tensorflow", {"unfused": True}),
     "bit_keras/tf-floor": ("bit_keras", "tensorflow", {"floor": True}),
-    "bit_keras/tf-gn-onepass": ("bit_keras", "tensorflow", {"gn_onepass": True}),
+    "bit_keras/tf-gn-onepass": ("bit_keras", "tensorflow", {"group_norm": "one_pass"}),
+    "bit_keras/tf-gn-grouped": ("bit_keras", "tensorflow", {"group_norm": "grouped"}),
     "bit_keras/tf-folded": ("bit_keras", "tensorflow", {"folded": True, "jit_compile": False}),
     "bit_keras/tf-folded-xla": ("bit_keras", "tensorflow", {"folded": True, "jit_compile": True}),
     "bit_keras/jax": ("bit_keras", "jax", {}),
@@ -94,6 +98,7 @@ DIAGNOSTIC_CONTENDERS = (
     "bit_keras/tf-unfused",
     "bit_keras/tf-floor",
     "bit_keras/tf-gn-onepass",
+    "bit_keras/tf-gn-grouped",
     "bit_keras/tf-folded-xla",
 )
 DEFAULT_CONTENDERS = [name for name in CONTENDERS if name not in DIAGNOSTIC_CONTENDERS]
@@ -132,8 +137,9 @@ def _keras_steps(args, family, options):
             _WORKER_CONTEXTS.enter_context(bit_keras.layers.unfused())  # every trace of the worker's life is plain
         if options.get("floor"):
             _skip_normalization(bit_keras)
-        if options.get("gn_onepass"):
-            bit_keras.layers._group_norm = _one_pass_group_norm  # before the model is built: each layer binds it then
+        if options.get("group_norm"):
+            # Before the first trace: each layer's shared function binds it then.
+            bit_keras.layers._group_norm = GROUP_NORMS[options["group_norm"]][0]
 
     import keras
     import numpy as np
@@ -176,8 +182,8 @@ def _keras_steps(args, family, options):
         if family == "bit_keras":
             if options.get("floor"):
                 description += ", the floor: no weight standardisation, GroupNorm without statistics"
-            elif options.get("gn_onepass"):
-                description += ", GroupNorm fused by XLA with a one-pass variance"
+            elif options.get("group_norm"):
+                description += f", GroupNorm fused by XLA {GROUP_NORMS[options['group_norm']][1]}"
             else:
                 description += f", GroupNorm {'as plain ops' if options.get('unfused') else 'fused by XLA'}"
 
@@ -219,6 +225,25 @@ def _one_pass_group_norm(x, gamma, beta, groups, epsilon, channels):
     variance = ops.maximum(group_mean(ops.mean(ops.square(pixels), axis=1)) - ops.square(mean), 0.0)
     scale = ops.reshape(gamma, (1, 1, channels)) * ops.rsqrt(variance + epsilon)
     return ops.reshape(pixels * scale + ops.reshape(beta, (1, 1, channels)) - mean * scale, shape)
+
+
+def _grouped_group_norm(x, gamma, beta, groups, epsilon, channels):
+    """GroupNorm with each statistic reduced over the pixels and a group's channels in one reduction."""
+    from keras import ops
+
+    shape, per_group = ops.shape(x), channels // groups
+    grouped = ops.reshape(x, (shape[0], -1, groups, per_group))
+    centered = grouped - ops.mean(grouped, axis=(1, 3), keepdims=True)
+    variance = ops.mean(ops.square(centered), axis=(1, 3), keepdims=True)
+    scale = ops.reshape(gamma, (1, 1, groups, per_group)) * ops.rsqrt(variance + epsilon)
+    return ops.reshape(centered * scale + ops.reshape(beta, (1, 1, groups, per_group)), shape)
+
+
+# The diagnostic GroupNorms: option -> (function, description)
+GROUP_NORMS = {
+    "one_pass": (_one_pass_group_norm, "with a one-pass variance"),
+    "grouped": (_grouped_group_norm, "reducing over pixels and a group's channels at once"),
+}
 
 
 def _skip_normalization(bit_keras):
