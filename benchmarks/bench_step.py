@@ -32,6 +32,8 @@ One training step is forward, soft-label cross-entropy, backward and an SGD
     bit_keras/jax-stateless  JAX backend, a jitted `stateless_call` +
                           `optimizer.stateless_apply` step written in this file
                           (the library itself offers no stateless step)
+    bit_keras/jax-floor   the floor of `bit_keras/tf-floor` under JAX: what XLA's own convolutions
+                          allow (only when named in --contenders)
     timm/eager            timm resnetv2_50x1_bit (or the same layout for --variant),
                           eager PyTorch, channels-last
     timm/compile          the same under `torch.compile`
@@ -89,6 +91,7 @@ CONTENDERS = {
     "bit_keras/tf-folded-xla": ("bit_keras", "tensorflow", {"folded": True, "jit_compile": True}),
     "bit_keras/jax": ("bit_keras", "jax", {}),
     "bit_keras/jax-stateless": ("bit_keras", "jax", {"stateless": True}),
+    "bit_keras/jax-floor": ("bit_keras", "jax", {"floor": True}),
     "timm/eager": ("timm", None, {}),
     "timm/compile": ("timm", None, {"compile": True}),
     "keras/resnet50v2": ("keras_resnet50v2", "tensorflow", {}),
@@ -100,6 +103,7 @@ DIAGNOSTIC_CONTENDERS = (
     "bit_keras/tf-gn-onepass",
     "bit_keras/tf-gn-grouped",
     "bit_keras/tf-folded-xla",
+    "bit_keras/jax-floor",
 )
 DEFAULT_CONTENDERS = [name for name in CONTENDERS if name not in DIAGNOSTIC_CONTENDERS]
 PEERS = ("timm/eager", "timm/compile", "keras/resnet50v2")
@@ -168,6 +172,8 @@ def _keras_steps(args, family, options):
         if device.platform != "cpu":
             device_peak = lambda: (device.memory_stats() or {}).get("peak_bytes_in_use")
         description = f"jax {jax.__version__} on {device.device_kind}"
+        if options.get("floor"):
+            description += ", the floor: no weight standardisation, GroupNorm without statistics"
     else:
         import tensorflow as tf
 
