@@ -213,9 +213,9 @@ def pretrain(source, recipe, out, force=False):
     return folder
 
 
-def make_tuner(recipe, steps):
+def make_tuner(recipe, steps, num_classes):
     """A `BiTFineTuner` of `steps` updates; `restart` gives each of its runs a fresh start, sharing one compiled step."""
-    model = bit_keras.BiT(VARIANT, num_classes=len(DOWNSTREAM_DIGITS))
+    model = bit_keras.BiT(VARIANT, num_classes=num_classes)
     return bit_keras.BiTFineTuner(
         model,
         batch_size=recipe.finetune_batch_size,
@@ -236,12 +236,12 @@ def finetune(tuner, start, source, test, seed):
     return float(tuner.evaluate(test, verbose=0)["accuracy"])
 
 
-def random_start(seed):
+def random_start(seed, num_classes):
     """Fresh random weights of the demo's model, as `BiT(weights=None)` draws them with `seed`."""
     import keras
 
     keras.utils.set_random_seed(seed)
-    return bit_keras.BiT(VARIANT, weights=None, num_classes=len(DOWNSTREAM_DIGITS)).get_weights()
+    return bit_keras.BiT(VARIANT, weights=None, num_classes=num_classes).get_weights()
 
 
 class LinearProbe:
@@ -274,9 +274,14 @@ class LinearProbe:
     def accuracy(self, train, test_features):
         """Test accuracy of scikit-learn's logistic regression (its defaults) fitted on `train`'s features."""
         from sklearn.linear_model import LogisticRegression
+        from threadpoolctl import threadpool_limits
 
-        classifier = LogisticRegression(max_iter=2000).fit(*self.features(train))
-        return float(classifier.score(*test_features))
+        features = self.features(train)
+        # One BLAS thread: beside TensorFlow's busy thread pools, OpenBLAS's threads wait on each
+        # other and a fit of a second grows to ten or more.
+        with threadpool_limits(limits=1, user_api="blas"):
+            classifier = LogisticRegression(max_iter=2000).fit(*features)
+            return float(classifier.score(*test_features))
 
 
 def compare(upstream_folder, train, test, recipe):
@@ -310,9 +315,9 @@ def compare(upstream_folder, train, test, recipe):
     for shot, seed in runs:
         subset = train if shot == "full" else data.few_shot(train, shot, seed=seed)
         steps = recipe.steps_for(subset.num_examples)
-        for arm, start in (("transfer", transfer_start), ("scratch", random_start(seed))):
+        for arm, start in (("transfer", transfer_start), ("scratch", random_start(seed, train.num_classes))):
             if (arm, steps) not in tuners:
-                tuners[arm, steps] = make_tuner(recipe, steps)
+                tuners[arm, steps] = make_tuner(recipe, steps, train.num_classes)
             accuracy = finetune(tuners[arm, steps], start, subset, test, seed)
             if not accuracies:
                 print(f"      first run: {tuners[arm, steps].hyperrule}".replace("\n", "\n      "))
