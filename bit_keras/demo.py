@@ -361,18 +361,19 @@ def compare(upstream_folder, train, test, recipe):
         ) from None
     probe = LinearProbe(upstream_folder, recipe.image_size)
     test_features = probe.features(test)
-    tuners = {}
+    scratch_starts = {seed: random_start(seed, train.num_classes) for seed in range(recipe.seeds)}
+    tuners = {}  # one per run length, shared by both arms: `restart` gives every run a fresh start
     bar = keras.utils.Progbar(len(runs), stateful_metrics=ARMS, verbose=1)
     accuracies = {}
     for shot, seed in runs:
         subset = train if shot == "full" else data.few_shot(train, shot, seed=seed)
         steps = recipe.steps_for(subset.num_examples)
-        for arm, start in (("transfer", transfer_start), ("scratch", random_start(seed, train.num_classes))):
-            if (arm, steps) not in tuners:
-                tuners[arm, steps] = make_tuner(recipe, steps, train.num_classes)
-            accuracy = finetune(tuners[arm, steps], start, subset, test, seed)
+        if steps not in tuners:
+            tuners[steps] = make_tuner(recipe, steps, train.num_classes)
+        for arm, start in (("transfer", transfer_start), ("scratch", scratch_starts[seed])):
+            accuracy = finetune(tuners[steps], start, subset, test, seed)
             if not accuracies:
-                print(f"      first run: {tuners[arm, steps].hyperrule}".replace("\n", "\n      "))
+                print(f"      first run: {tuners[steps].hyperrule}".replace("\n", "\n      "))
             accuracies.setdefault((shot, arm), []).append(accuracy)
         accuracies.setdefault((shot, "probe"), []).append(probe.accuracy(subset, test_features))
         bar.add(1, values=[(arm, accuracies[shot, arm][-1]) for arm in ARMS])
