@@ -1,8 +1,9 @@
 """Procedural glyphs: an embedded upstream data set with as many classes and examples as asked for.
 
-Each class is a fixed random set of pen strokes (quadratic Bezier curves and
-elliptic arcs); each example draws that set again under a random affine
-transform, a small wobble of every control point and a random pen width. The
+Each class is a fixed random set of two to four pen strokes (quadratic
+Bezier curves and elliptic arcs); each example draws that set again with
+every stroke shifted a little, under a random rotation, shear and squeeze,
+and with a random pen width. The
 drawing follows the recipe of scikit-learn's digits (UCI optdigits): a
 binary 32x32 bitmap, the glyph scaled to the full height and centred, then
 the ink counted in 4x4 blocks, so an example is an 8x8 image with 17 grey
@@ -34,7 +35,7 @@ REACH = int(PEN_WIDTH[1] // 2)  # the farthest canvas offset a pen reaches from 
 ROTATION = 0.25  # radians either way
 SHEAR = 0.3
 SQUEEZE = (0.75, 1.25)  # width scale against height before the glyph is fitted to the canvas
-WOBBLE = 0.06  # each control point moves by up to this share of the glyph's size
+WOBBLE = 0.12  # each stroke shifts by up to this much either way, in the template's [-1, 1] square
 MAX_ASPECT = 0.75  # widest glyph, as a share of its height: digits are taller than wide
 
 
@@ -78,16 +79,15 @@ def class_templates(rng, num_classes):
 
 
 def jitter(rng, points, used):
-    """Each example's own drawing of its class: wobbled control points, a random affine map, then fitted to the canvas."""
+    """Each example's own drawing of its class: every stroke shifted a little, a random rotation, shear and squeeze, then fitted to the canvas."""
     n = len(points)
-    points = points + rng.uniform(-WOBBLE, WOBBLE, size=(n, MAX_STROKES, 1, 2)) * 2
+    points = points + rng.uniform(-WOBBLE, WOBBLE, size=(n, MAX_STROKES, 1, 2))
     angle = rng.uniform(-ROTATION, ROTATION, size=n)
     shear = rng.uniform(-SHEAR, SHEAR, size=n)
     squeeze = rng.uniform(*SQUEEZE, size=n)
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]).transpose(2, 0, 1)
     slant = np.array([[squeeze, shear * squeeze], [np.zeros(n), np.ones(n)]]).transpose(2, 0, 1)
-    matrix = slant @ rotation
-    points = np.einsum("nij,nsvj->nsvi", matrix, points)
+    points = np.einsum("nij,nsvj->nsvi", slant @ rotation, points)
     return fit_to_canvas(points, used)
 
 
@@ -128,4 +128,5 @@ def ink(points, used, widths):
 
 
 def _chunks(total, size=256):
+    # Slices of `size` examples: the drawing's arrays stay a few megabytes whatever the total.
     return [slice(start, min(start + size, total)) for start in range(0, total, size)]
