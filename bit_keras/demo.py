@@ -108,8 +108,9 @@ class Recipe:
     - batch 32: most batches hold every class, so the zero head is not pushed
       around by batch composition;
     - peak LR 0.008, for both arms, the earlier demo's: 0.004 and 0.015 moved
-      the transfer arm by two points or less, and from 0.02 up the scratch
-      arm no longer trains (0.73 on the full split at 0.02, chance at 0.05);
+      the transfer arm by two points or less (from a batch-32 glyph
+      upstream), and from 0.02 up the scratch arm no longer trains (0.73 on
+      the full split at 0.02, chance at 0.05);
     - resize to 18 and random crops of 16 (the upstream resolution: shifts of
       up to two pixels), evaluation at 16;
     - no flips, for the same reason as upstream.
