@@ -85,7 +85,8 @@ def build_parser():
     )
 
     demo_parser = commands.add_parser(
-        "demo", help="pre-train upstream, export, few-shot fine-tune, compare with scratch (digits, no download)"
+        "demo",
+        help="pre-train upstream on generated glyphs, export, few-shot fine-tune on the digits, compare with scratch (no download)",
     )
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(run=run_demo)

@@ -1,23 +1,31 @@
 """The transfer demo: pre-train upstream, export, few-shot fine-tune, compare with scratch and a linear probe.
 
-BiT's promise in one run on scikit-learn's embedded digits (no download):
+BiT's promise in one run, with nothing downloaded:
 
-1. upstream: a small BiT is pre-trained with `BiTPretrainer` on the digits 0-4;
+1. upstream: a small BiT is pre-trained with `BiTPretrainer` on procedural
+   glyphs (`bit_keras.glyphs`: 100 classes of random pen strokes, every
+   example drawn anew under random jitter), a large and varied upstream
+   generated on the fly;
 2. export: it is written as a TF-Hub-format SavedModel with `hub_export.export`
-   and read back with `bit_keras.BiT(variant, weights=<folder>, num_classes=5)`,
+   and read back with `bit_keras.BiT(variant, weights=<folder>, num_classes=10)`,
    as a user of a published module would;
-3. transfer: it is fine-tuned with `BiTFineTuner` on the digits 5-9, never seen
-   upstream, from k = 1, 2, 5, 10 examples per class and from the full
-   training split, with several seeds;
+3. transfer: it is fine-tuned with `BiTFineTuner` on scikit-learn's embedded
+   digits, all ten classes, none seen upstream, from k = 1, 2, 5, 10
+   examples per class and from the full training split, with several seeds;
 4. scratch: the same architecture, the same data, the same tuner and recipe,
    from random weights (`weights=None`);
 5. linear probe: a logistic regression on the exported model's pooled
    features of the same split: what the features hold without fine-tuning.
 
+`--upstream digits` pre-trains on the digits 0-4 instead and fine-tunes on
+the digits 5-9, the earlier demo, for comparison: five classes of 708 images
+are too small and narrow an upstream for transfer to beat training from
+scratch at k = 1 and 2.
+
 It prints a table (k / transfer / scratch / probe / gain), names the gain at
 every k, and writes `results.json` and `few_shot.png` into `--out`. The
 upstream model is cached there (`upstream/`, with `upstream.json` naming its
-recipe): a re-run reuses it, `--force_upstream` pre-trains again.
+recipe and data): a re-run reuses it, `--force_upstream` pre-trains again.
 
 Run it as `bit-keras demo`, `python -m examples.transfer_demo` or
 `python examples/transfer_demo.py`; all three call `main` here, so the
@@ -26,13 +34,15 @@ and `--finetune_steps` shorten it (the tests run it so).
 
 Example (the pieces, without training):
 
->>> upstream, downstream, test = digits()
+>>> upstream, downstream, test = sources(Recipe(upstream_steps=2))
 >>> upstream.num_classes, downstream.num_classes, test.num_classes
-(5, 5, 5)
+(100, 10, 10)
+>>> [source.num_classes for source in sources(Recipe.of("digits"))]
+[5, 5, 5]
 >>> parse_shots("1,5,full")
 (1, 5, 'full')
->>> [Recipe().steps_for(n) for n in (5, 50, 729)]
-[40, 40, 114]
+>>> [Recipe().steps_for(n) for n in (10, 100, 1437)]
+[40, 40, 225]
 >>> print(table([row(1, [0.6, 0.8], [0.4, 0.4], [0.5, 0.5])]))
 examples/class   transfer       scratch        linear probe   gain over scratch
 1                0.700 ± 0.100  0.400 ± 0.000  0.500 ± 0.000  +0.300
@@ -52,11 +62,13 @@ import numpy as np
 
 import bit_keras
 import hub_export
-from bit_keras import _startup, checkpoints, data
+from bit_keras import _startup, checkpoints, data, glyphs
 
 VARIANT = bit_keras.Variant(units=(1, 1, 1, 1), width=1)  # "R1-1-1-1x1": 8M parameters
-UPSTREAM_DIGITS = (0, 1, 2, 3, 4)
+UPSTREAMS = ("glyphs", "digits")  # the first is the default
+UPSTREAM_DIGITS = (0, 1, 2, 3, 4)  # --upstream digits: pre-trained on these, fine-tuned on the rest
 DOWNSTREAM_DIGITS = (5, 6, 7, 8, 9)
+ALL_DIGITS = tuple(range(10))  # the glyph upstream's downstream: no digit is seen upstream
 SHOTS = (1, 2, 5, 10, "full")
 ARMS = ("transfer", "scratch", "probe")
 UPSTREAM_DIR = "upstream"  # the TF-Hub-format SavedModel, inside --out
@@ -67,36 +79,50 @@ UPSTREAM_RECORD = "upstream.json"
 class Recipe:
     """Every number of a demo run: one rule for every k, for both fine-tuned arms.
 
-    Upstream: 300 updates of 16 digits 0-4 at 16 px (about 7 epochs of the
-    708 images), LR 0.1 x 16/256 = 0.00625 as BiT-S/M scale it, crops of
-    50-100% of the area (the recipe's 8% leaves too little of an 8x8 digit)
-    and no flips: a mirrored 2, 3 or 4 is not a digit, and the paper leaves
-    out augmentations that destroy the label.
+    Upstream, glyphs (the default): 600 updates of 64 procedural glyphs
+    (`bit_keras.glyphs`) of 100 classes at 16 px, as many images as the run
+    draws, so none is shown twice; peak LR 0.05 (0.1 learnt less). Screened
+    by a linear probe of the ten digits from 1 example per class (10 seeds;
+    random weights: 0.44): 100 classes at batch 64 gave 0.62, at batch 32
+    0.57; 200 classes at batch 32 0.51 (too few updates per class to learn
+    them in the budget); 30 classes 0.36 (3 seeds), below random (too few
+    to need general features).
+    Crops of 50-100% of the area (30-100%: 0.54; the recipe's 8% leaves too
+    little of an 8x8 glyph) and no flips: a mirrored glyph is another glyph,
+    and the paper leaves out augmentations that destroy the label.
+
+    Upstream, digits (`Recipe.of("digits")`, the earlier demo's, kept for
+    comparison): 300 updates of 16 digits 0-4 (about 7 epochs of the 708
+    images), LR 0.1 x 16/256 = 0.00625 as BiT-S/M scale it.
 
     Fine-tuning (`BiTFineTuner`, the whole network from a zero head, the same
     for transfer and scratch):
     - steps relative to the data: `finetune_epochs` passes over the training
-      split, and never fewer than `finetune_min_steps` updates, so a 5-image
+      split, and never fewer than `finetune_min_steps` updates, so a 10-image
       split still gets enough updates for the zero head to settle (the
       HyperRule's own schedule also floors small datasets at 500 steps);
-      warm-up and decays are the HyperRule's, scaled to that length;
+      warm-up and decays are the HyperRule's, scaled to that length. At 30
+      updates scratch at k = 5 fell from 0.69 to 0.61: not settled. Five
+      epochs give the full split 225 updates; at 135 or 180 the transfer arm
+      had not yet caught up with the probe on its own starting features;
     - batch 32: most batches hold every class, so the zero head is not pushed
-      around by batch composition (at 8, two in three batches miss a class);
-    - peak LR 0.008: per example, about two thirds of the upstream LR. The
-      official fine-tuning LR is far below its upstream one because the
-      upstream ran 90 epochs at 0.48; these features were trained for 7
-      epochs at 0.00625, and a much lower LR leaves the backbone unchanged
-      within the budget;
+      around by batch composition;
+    - peak LR 0.008, for both arms, the earlier demo's: 0.004 and 0.015 moved
+      the transfer arm by two points or less (from a batch-32 glyph
+      upstream), and from 0.02 up the scratch arm no longer trains (0.73 on
+      the full split at 0.02, chance at 0.05);
     - resize to 18 and random crops of 16 (the upstream resolution: shifts of
       up to two pixels), evaluation at 16;
     - no flips, for the same reason as upstream.
 
-    The defaults finish in under 5 minutes on 2 CPU cores.
+    The defaults finish in about 5 minutes on 2 CPU cores (see the README).
     """
 
-    upstream_steps: int = 300
-    upstream_batch_size: int = 16
-    upstream_peak_lr: float = 0.00625  # 0.1 x batch / 256, scaled as BiT-S/M scale 0.03
+    upstream: str = "glyphs"  # or "digits"
+    glyph_classes: int = 100
+    upstream_steps: int = 600
+    upstream_batch_size: int = 64
+    upstream_peak_lr: float = 0.05
     upstream_crop_area: tuple = (0.5, 1.0)
     upstream_loss: str = "sigmoid"  # the upstream recipe's
     image_size: int = 16  # upstream resolution, and the fine-tuning crop (the digits are 8x8)
@@ -110,6 +136,14 @@ class Recipe:
     seeds: int = 3
     shots: tuple = SHOTS
 
+    @classmethod
+    def of(cls, upstream="glyphs", **fields):
+        """The recipe of `upstream` ("glyphs" or "digits"), with `fields` not None in place of its numbers."""
+        if upstream not in UPSTREAMS:
+            raise ValueError(f"upstream must be one of {', '.join(UPSTREAMS)}; got {upstream!r}.")
+        numbers = DIGITS_UPSTREAM if upstream == "digits" else {}
+        return cls(upstream=upstream, **{**numbers, **{key: value for key, value in fields.items() if value is not None}})
+
     def steps_for(self, num_examples):
         """Updates of a fine-tuning run on `num_examples` images: the same rule for every k."""
         if self.finetune_steps:
@@ -117,9 +151,11 @@ class Recipe:
         epochs = math.ceil(self.finetune_epochs * num_examples / self.finetune_batch_size)
         return max(self.finetune_min_steps, epochs)
 
-    def upstream(self):
-        """What the cached upstream model depends on."""
+    def upstream_record(self):
+        """What the cached upstream model depends on (besides its data, which `pretrain` records too)."""
         keys = (
+            "upstream",
+            "glyph_classes",
             "upstream_steps",
             "upstream_batch_size",
             "upstream_peak_lr",
@@ -131,15 +167,35 @@ class Recipe:
         record = {"variant": VARIANT.name, **{key: getattr(self, key) for key in keys}}
         return json.loads(json.dumps(record))  # as upstream.json reads back: tuples become lists
 
+    def describe_upstream(self):
+        """The upstream data, in words."""
+        return "digits 0-4" if self.upstream == "digits" else f"procedural glyphs ({self.glyph_classes} classes)"
 
-def digits():
-    """(upstream train on 0-4, downstream train on 5-9, downstream test on 5-9) `Source`s.
+    def describe_downstream(self):
+        """The downstream data, in words."""
+        return "digits 5-9" if self.upstream == "digits" else "the ten digits"
 
-    The 1,797 8x8 digits of scikit-learn, scaled to [0, 255], split 80/20 with a
-    fixed seed; the downstream labels 5-9 become 0-4.
+
+DIGITS_UPSTREAM = {"upstream_steps": 300, "upstream_batch_size": 16, "upstream_peak_lr": 0.00625}  # the earlier demo's
+
+
+def sources(recipe):
+    """(upstream train, downstream train, downstream test) `Source`s of `recipe.upstream`.
+
+    glyphs: `glyph_source(recipe)` upstream, all ten digits downstream;
+    digits: the digits 0-4 upstream, the digits 5-9 (relabelled 0-4) downstream.
     """
-    upstream, _ = digit_sources(UPSTREAM_DIGITS)
-    return (upstream, *digit_sources(DOWNSTREAM_DIGITS))
+    if recipe.upstream == "digits":
+        upstream, _ = digit_sources(UPSTREAM_DIGITS)
+        return (upstream, *digit_sources(DOWNSTREAM_DIGITS))
+    return (glyph_source(recipe), *digit_sources(ALL_DIGITS))
+
+
+def glyph_source(recipe):
+    """The glyph upstream: as many examples as the upstream run draws (none shown twice), classes interleaved."""
+    per_class = math.ceil(recipe.upstream_steps * recipe.upstream_batch_size / recipe.glyph_classes)
+    images, labels = glyphs.glyphs(recipe.glyph_classes, per_class, seed=0)
+    return data.from_arrays(images, labels, num_classes=recipe.glyph_classes)
 
 
 def digit_sources(kept=tuple(range(10))):
@@ -172,22 +228,24 @@ def prepare_out(out):
 def pretrain(source, recipe, out, force=False):
     """The upstream phase: the SavedModel folder of a model pre-trained on `source`.
 
-    Reuses `out/upstream/` when `out/upstream.json` records the same recipe and
+    Reuses `out/upstream/` when `out/upstream.json` records the same recipe
+    and data (`data.digest`: a changed glyph generator re-pretrains) and
     `force` is False; otherwise pre-trains with `BiTPretrainer` and exports it
     with `hub_export.export` (atomically, so a killed run leaves no half module).
     """
     folder = os.path.join(out, UPSTREAM_DIR)
     record_path = os.path.join(out, UPSTREAM_RECORD)
     cached = _read_json(record_path) if os.path.isdir(folder) else None
-    if cached and not force and cached.get("recipe") == recipe.upstream():
+    wanted = {"recipe": recipe.upstream_record(), "data": data.digest(source)}
+    if cached and not force and all(cached.get(key) == value for key, value in wanted.items()):
         print(
-            f"[1/4] upstream: reusing the cached model in {folder} (pre-trained on digits 0-4 for "
+            f"[1/4] upstream: reusing the cached model in {folder} (pre-trained on {recipe.describe_upstream()} for "
             f"{recipe.upstream_steps} steps, accuracy {cached['accuracy']:.3f}); --force_upstream redoes it"
         )
         return folder
     reason = "--force_upstream" if cached and force else "recipe changed" if cached else "no cached model"
     print(
-        f"[1/4] upstream: pre-training {VARIANT.name} with BiTPretrainer on digits 0-4 "
+        f"[1/4] upstream: pre-training {VARIANT.name} with BiTPretrainer on {recipe.describe_upstream()} "
         f"({source.num_examples} images, {recipe.upstream_steps} steps at {recipe.image_size} px; {reason})"
     )
     start = time.time()
@@ -202,20 +260,20 @@ def pretrain(source, recipe, out, force=False):
         flip=recipe.flip,
         loss=recipe.upstream_loss,
         seed=0,
-        jit_compile=False,  # XLA's compile time on a CPU does not repay itself in a 300-step run
+        jit_compile=False,  # XLA's compile time on a CPU does not repay itself in a run of a few hundred steps
     )
     history = pretrainer.fit(source, verbose=1)
     accuracy = float(history.history["accuracy"][-1])
     print(f"[2/4] export: writing the upstream model as a TF-Hub-format SavedModel to {folder}")
     hub_export.export(pretrainer.model, folder, flavor="feature_vector", overwrite=True)
-    _write_json(record_path, {"recipe": recipe.upstream(), "accuracy": accuracy, "seconds": round(time.time() - start, 1)})
+    _write_json(record_path, {**wanted, "accuracy": accuracy, "seconds": round(time.time() - start, 1)})
     print(f"      upstream training accuracy {accuracy:.3f} in {time.time() - start:.0f} s")
     return folder
 
 
-def make_tuner(recipe, steps):
+def make_tuner(recipe, steps, num_classes):
     """A `BiTFineTuner` of `steps` updates; `restart` gives each of its runs a fresh start, sharing one compiled step."""
-    model = bit_keras.BiT(VARIANT, num_classes=len(DOWNSTREAM_DIGITS))
+    model = bit_keras.BiT(VARIANT, num_classes=num_classes)
     return bit_keras.BiTFineTuner(
         model,
         batch_size=recipe.finetune_batch_size,
@@ -236,12 +294,12 @@ def finetune(tuner, start, source, test, seed):
     return float(tuner.evaluate(test, verbose=0)["accuracy"])
 
 
-def random_start(seed):
+def random_start(seed, num_classes):
     """Fresh random weights of the demo's model, as `BiT(weights=None)` draws them with `seed`."""
     import keras
 
     keras.utils.set_random_seed(seed)
-    return bit_keras.BiT(VARIANT, weights=None, num_classes=len(DOWNSTREAM_DIGITS)).get_weights()
+    return bit_keras.BiT(VARIANT, weights=None, num_classes=num_classes).get_weights()
 
 
 class LinearProbe:
@@ -274,9 +332,14 @@ class LinearProbe:
     def accuracy(self, train, test_features):
         """Test accuracy of scikit-learn's logistic regression (its defaults) fitted on `train`'s features."""
         from sklearn.linear_model import LogisticRegression
+        from threadpoolctl import threadpool_limits
 
-        classifier = LogisticRegression(max_iter=2000).fit(*self.features(train))
-        return float(classifier.score(*test_features))
+        features = self.features(train)
+        # One BLAS thread: beside TensorFlow's busy thread pools, OpenBLAS's threads wait on each
+        # other and a fit of a second grows to ten or more.
+        with threadpool_limits(limits=1, user_api="blas"):
+            classifier = LogisticRegression(max_iter=2000).fit(*features)
+            return float(classifier.score(*test_features))
 
 
 def compare(upstream_folder, train, test, recipe):
@@ -292,7 +355,7 @@ def compare(upstream_folder, train, test, recipe):
 
     runs = [(shot, seed) for shot in recipe.shots for seed in range(recipe.seeds)]
     print(
-        f"[3/4] fine-tune: digits 5-9 (never seen upstream), k = {', '.join(map(str, recipe.shots))} "
+        f"[3/4] fine-tune: {recipe.describe_downstream()} (never seen upstream), k = {', '.join(map(str, recipe.shots))} "
         f"examples per class x {recipe.seeds} seed(s): {2 * len(runs)} BiTFineTuner runs (transfer and scratch) "
         f"and {len(runs)} linear probes"
     )
@@ -304,18 +367,19 @@ def compare(upstream_folder, train, test, recipe):
         ) from None
     probe = LinearProbe(upstream_folder, recipe.image_size)
     test_features = probe.features(test)
-    tuners = {}
+    scratch_starts = {seed: random_start(seed, train.num_classes) for seed in range(recipe.seeds)}
+    tuners = {}  # one per run length, shared by both arms: `restart` gives every run a fresh start
     bar = keras.utils.Progbar(len(runs), stateful_metrics=ARMS, verbose=1)
     accuracies = {}
     for shot, seed in runs:
         subset = train if shot == "full" else data.few_shot(train, shot, seed=seed)
         steps = recipe.steps_for(subset.num_examples)
-        for arm, start in (("transfer", transfer_start), ("scratch", random_start(seed))):
-            if (arm, steps) not in tuners:
-                tuners[arm, steps] = make_tuner(recipe, steps)
-            accuracy = finetune(tuners[arm, steps], start, subset, test, seed)
+        if steps not in tuners:
+            tuners[steps] = make_tuner(recipe, steps, train.num_classes)
+        for arm, start in (("transfer", transfer_start), ("scratch", scratch_starts[seed])):
+            accuracy = finetune(tuners[steps], start, subset, test, seed)
             if not accuracies:
-                print(f"      first run: {tuners[arm, steps].hyperrule}".replace("\n", "\n      "))
+                print(f"      first run: {tuners[steps].hyperrule}".replace("\n", "\n      "))
             accuracies.setdefault((shot, arm), []).append(accuracy)
         accuracies.setdefault((shot, "probe"), []).append(probe.accuracy(subset, test_features))
         bar.add(1, values=[(arm, accuracies[shot, arm][-1]) for arm in ARMS])
@@ -356,7 +420,7 @@ def verdict(rows):
     return f"{first}\nFine-tuning against the linear probe on the same features: {over_probe}."
 
 
-def plot(rows, path, full_size):
+def plot(rows, path, full_size, recipe):
     """The few-shot figure: test accuracy against examples per class, mean ± std bands for the three arms."""
     import matplotlib
 
@@ -379,9 +443,9 @@ def plot(rows, path, full_size):
     axes.set_xticks(xs, [f"full\n({full_size})" if r["examples_per_class"] == "full" else str(x) for r, x in zip(rows, xs)])
     axes.minorticks_off()
     axes.set_ylim(0, 1)
-    axes.set_xlabel("training examples per class (digits 5-9, never seen upstream)")
+    axes.set_xlabel(f"training examples per class ({recipe.describe_downstream()}, never seen upstream)")
     axes.set_ylabel("test accuracy (mean ± std over seeds)")
-    axes.set_title("BiT transfer from digits 0-4 to digits 5-9")
+    axes.set_title(f"BiT transfer from {recipe.describe_upstream()} to {recipe.describe_downstream()}")
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
@@ -415,7 +479,19 @@ def add_arguments(parser):
     )
     parser.add_argument("--seeds", type=int, default=defaults.seeds, help="fine-tuning seeds per k (fewer: faster, noisier)")
     parser.add_argument("--shots", type=parse_shots, default=defaults.shots, help="examples per class to try, e.g. 1,2,5,10,full")
-    parser.add_argument("--upstream_steps", type=int, default=defaults.upstream_steps, help="pre-training steps")
+    parser.add_argument(
+        "--upstream",
+        choices=UPSTREAMS,
+        default=UPSTREAMS[0],
+        help="the upstream data: procedural glyphs of many classes, fine-tuned on all ten digits (the default: it "
+        "transfers), or the earlier digits 0-4, fine-tuned on digits 5-9 (too small and narrow an upstream to beat "
+        "training from scratch; kept for comparison)",
+    )
+    parser.add_argument(
+        "--upstream_steps",
+        type=int,
+        help=f"pre-training steps ({defaults.upstream_steps} for glyphs, {DIGITS_UPSTREAM['upstream_steps']} for digits)",
+    )
     parser.add_argument(
         "--distill", action="store_true", help="the distillation demo instead: a wide teacher, a narrow student (see --seeds)"
     )
@@ -451,12 +527,14 @@ def run(args):
     """Runs the demo from parsed `add_arguments` flags; returns the exit status."""
     check_flags(args)
     start = time.time()
-    recipe = Recipe(seeds=args.seeds, shots=args.shots, upstream_steps=args.upstream_steps, finetune_steps=args.finetune_steps)
+    recipe = Recipe.of(
+        args.upstream, seeds=args.seeds, shots=args.shots, upstream_steps=args.upstream_steps, finetune_steps=args.finetune_steps
+    )
     prepare_out(args.out)
-    upstream, train, test = digits()
+    upstream, train, test = sources(recipe)
     print(
-        f"[data] scikit-learn digits: {upstream.num_examples} upstream images (0-4); "
-        f"{train.num_examples} training and {test.num_examples} test images of 5-9"
+        f"[data] upstream: {upstream.num_examples} images of {recipe.describe_upstream()}; downstream: "
+        f"{recipe.describe_downstream()} of scikit-learn, {train.num_examples} training and {test.num_examples} test images"
     )
     folder = pretrain(upstream, recipe, args.out, force=args.force_upstream)
     if not os.path.exists(os.path.join(folder, "saved_model.pb")):
@@ -465,7 +543,7 @@ def run(args):
     results, figure = os.path.join(args.out, "results.json"), os.path.join(args.out, "few_shot.png")
     print(f"[4/4] results: {results}, {figure}")
     _write_json(results, rows)
-    plot(rows, figure, full_size=train.num_examples // train.num_classes)
+    plot(rows, figure, full_size=train.num_examples // train.num_classes, recipe=recipe)
     print()
     print(table(rows))
     print()

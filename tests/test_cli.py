@@ -48,7 +48,16 @@ def result_line(stdout):
 
 
 HELP_FLAGS = {
-    "demo": ["--out", "--force_upstream", "--seeds", "--shots", "--upstream_steps", "--finetune_steps", "--distill"],
+    "demo": [
+        "--out",
+        "--force_upstream",
+        "--upstream",
+        "--seeds",
+        "--shots",
+        "--upstream_steps",
+        "--finetune_steps",
+        "--distill",
+    ],
     "finetune": [
         "--dataset",
         "--examples_per_class",
