@@ -220,15 +220,12 @@ def _one_pass_group_norm(x, gamma, beta, groups, epsilon, channels):
     """GroupNorm with E[x^2] - E[x]^2 as its variance: one pass over the activations, fewer digits."""
     from keras import ops
 
-    shape, per_group = ops.shape(x), channels // groups
+    from bit_keras.layers import _group_mean
+
+    shape = ops.shape(x)
     pixels = ops.reshape(x, (shape[0], -1, channels))
-
-    def group_mean(per_channel):
-        grouped = ops.mean(ops.reshape(per_channel, (-1, groups, per_group)), axis=2, keepdims=True)
-        return ops.reshape(ops.broadcast_to(grouped, (shape[0], groups, per_group)), (-1, 1, channels))
-
-    mean = group_mean(ops.mean(pixels, axis=1))
-    variance = ops.maximum(group_mean(ops.mean(ops.square(pixels), axis=1)) - ops.square(mean), 0.0)
+    mean = _group_mean(ops.mean(pixels, axis=1), groups)
+    variance = ops.maximum(_group_mean(ops.mean(ops.square(pixels), axis=1), groups) - ops.square(mean), 0.0)
     scale = ops.reshape(gamma, (1, 1, channels)) * ops.rsqrt(variance + epsilon)
     return ops.reshape(pixels * scale + ops.reshape(beta, (1, 1, channels)) - mean * scale, shape)
 

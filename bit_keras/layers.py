@@ -216,15 +216,15 @@ def _group_norm(x, gamma, beta, groups, epsilon, channels):
     # the centring, both reductions and the scale and shift fuse into passes
     # over the activations.
     shape = ops.shape(x)
-    per_group = channels // groups
     pixels = ops.reshape(x, (shape[0], -1, channels))
-
-    def group_mean(per_channel):
-        """(batch, channels) -> (batch, 1, channels): each channel's entry becomes its group's mean."""
-        grouped = ops.mean(ops.reshape(per_channel, (-1, groups, per_group)), axis=2, keepdims=True)
-        return ops.reshape(ops.broadcast_to(grouped, (shape[0], groups, per_group)), (-1, 1, channels))
-
-    centered = pixels - group_mean(ops.mean(pixels, axis=1))
-    variance = group_mean(ops.mean(ops.square(centered), axis=1))
+    centered = pixels - _group_mean(ops.mean(pixels, axis=1), groups)
+    variance = _group_mean(ops.mean(ops.square(centered), axis=1), groups)
     scale = ops.reshape(gamma, (1, 1, channels)) * ops.rsqrt(variance + epsilon)
     return ops.reshape(centered * scale + ops.reshape(beta, (1, 1, channels)), shape)
+
+
+def _group_mean(per_channel, groups):
+    """(batch, channels) -> (batch, 1, channels): each channel's entry becomes the mean of its group's."""
+    batch, channels = ops.shape(per_channel)[0], per_channel.shape[-1]
+    grouped = ops.mean(ops.reshape(per_channel, (-1, groups, channels // groups)), axis=2, keepdims=True)
+    return ops.reshape(ops.broadcast_to(grouped, (batch, groups, channels // groups)), (-1, 1, channels))
