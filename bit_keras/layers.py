@@ -3,6 +3,7 @@ and group normalisation, both written in `keras.ops` for every Keras backend."""
 
 import contextlib
 import functools
+import math
 
 import keras
 from keras import ops
@@ -113,8 +114,38 @@ class StandardizedConv2D(keras.layers.Conv2D):
             outputs = self.activation(outputs)
         return outputs
 
+    def convolution_op(self, inputs, kernel):
+        """The convolution; one whose output is a single pixel is a matrix product over that pixel's window.
+
+        On a CPU, TensorFlow's (oneDNN's) convolution and its two gradients are
+        several times slower than the same product as a `matmul` when the output
+        is 1x1, as in the last blocks of a BiT on 16-32 px images
+        (docs/performance.md). Both compute the same sums, in another order.
+        """
+        window = _single_output_window(self, inputs.shape, kernel.shape)
+        if window is None:
+            return super().convolution_op(inputs, kernel)
+        rows = ops.reshape(inputs[:, : window[0], : window[1], :], (-1, math.prod(kernel.shape[:3])))
+        product = ops.matmul(rows, ops.reshape(kernel, (-1, kernel.shape[3])))
+        return ops.reshape(product, (-1, 1, 1, kernel.shape[3]))
+
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def _single_output_window(conv, input_shape, kernel_shape):
+    """(height, width) of the one window a "valid", channels-last `conv` sees in `input_shape`, or None."""
+    if conv.padding != "valid" or conv.data_format != "channels_last" or conv.groups != 1:
+        return None
+    if any(rate != 1 for rate in conv.dilation_rate):
+        return None
+    sizes = input_shape[1:3]
+    if any(size is None for size in sizes):
+        return None
+    # One output pixel: the kernel fits, and a stride further would leave the input.
+    if all(kernel <= size < kernel + stride for size, kernel, stride in zip(sizes, kernel_shape[:2], conv.strides)):
+        return tuple(kernel_shape[:2])
+    return None
 
 
 def _standardize(kernel, epsilon):

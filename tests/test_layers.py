@@ -24,6 +24,31 @@ def test_standardized_conv_matches_numpy():
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "size,kernel_size,strides",
+    [(3, 3, 1), (3, 3, 2), (4, 3, 2), (1, 1, 1), (2, 1, 2), (5, 4, 2)],
+    ids=["3x3", "3x3-stride2", "3x3-stride2-spare-row", "1x1", "1x1-stride2", "4x4-in-5x5"],
+)
+def test_a_convolution_with_one_output_pixel_matches_numpy_and_its_gradient(size, kernel_size, strides):
+    # Such a convolution is computed as a matrix product over its window (`convolution_op`).
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, size, size, 6)).astype("float32")
+    conv = StandardizedConv2D(4, kernel_size, strides=strides, padding="valid")
+    conv.build(x.shape)
+    kernel = (rng.standard_normal(conv.kernel.shape) * 0.3 + 0.2).astype("float32")
+    conv.kernel.assign(kernel)
+    got = keras.ops.convert_to_numpy(conv(x))
+    assert got.shape == (3, 1, 1, 4)
+    np.testing.assert_allclose(got, conv2d(x, standardize(kernel), stride=strides), rtol=1e-4, atol=1e-4)
+    upstream = rng.standard_normal(got.shape).astype("float32")
+    input_gradient = np.zeros_like(x)
+    input_gradient[:, :kernel_size, :kernel_size, :] = np.einsum("no,hwio->nhwi", upstream[:, 0, 0], standardize(kernel))
+    np.testing.assert_allclose(_input_gradient(conv, x, upstream), input_gradient, rtol=1e-4, atol=1e-4)
+    expected = _finite_difference_kernel_gradient(x, kernel, upstream, stride=strides)
+    got = _kernel_gradient(conv, x, upstream)
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
 def test_weight_standardization_epsilon_is_bit():
     # A constant kernel has zero variance: with eps 1e-10 its values become
     # (w - mean) / 1e-5; a 1e-8 epsilon (timm / HF) would give a different scale.
@@ -163,6 +188,41 @@ def _kernel_gradient(conv, x, upstream):
     pytest.fail(f"no gradient helper for the {backend} backend")
 
 
+def _input_gradient(conv, x, upstream):
+    """d sum(conv(x) * upstream) / d x, by the backend's own differentiation."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(conv(x) * upstream)
+        return tape.gradient(loss, x).numpy()
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.grad(lambda inputs: (conv(inputs) * upstream).sum())(x))
+    pytest.fail(f"no gradient helper for the {backend} backend")
+
+
+def _finite_difference_kernel_gradient(x, kernel, upstream, epsilon=1e-10, stride=1):
+    """d sum(conv2d(x, standardize(kernel)) * upstream) / d kernel by central differences, in float64 NumPy."""
+
+    def loss(w):
+        return float(np.sum(conv2d(x.astype(np.float64), standardize(w, epsilon), stride=stride) * upstream))
+
+    step = 1e-6
+    expected = np.zeros(kernel.shape)
+    for index in np.ndindex(kernel.shape):
+        shifted = kernel.astype(np.float64)
+        shifted[index] += step
+        up = loss(shifted)
+        shifted[index] -= 2 * step
+        expected[index] = (up - loss(shifted)) / (2 * step)
+    return expected
+
+
 @pytest.mark.parametrize("epsilon", [1e-10, 1e-2])
 def test_weight_standardization_gradient_matches_finite_differences(epsilon):
     rng = np.random.default_rng(4)
@@ -173,18 +233,7 @@ def test_weight_standardization_gradient_matches_finite_differences(epsilon):
     conv.kernel.assign(kernel)
     upstream = rng.standard_normal((2, 3, 3, 3)).astype("float32")
     got = _kernel_gradient(conv, x, upstream)
-
-    def loss(w):
-        return float(np.sum(conv2d(x.astype(np.float64), standardize(w, epsilon)) * upstream))
-
-    step = 1e-6
-    expected = np.zeros(kernel.shape)
-    for index in np.ndindex(kernel.shape):
-        shifted = kernel.astype(np.float64)
-        shifted[index] += step
-        up = loss(shifted)
-        shifted[index] -= 2 * step
-        expected[index] = (up - loss(shifted)) / (2 * step)
+    expected = _finite_difference_kernel_gradient(x, kernel, upstream, epsilon)
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
 
 
