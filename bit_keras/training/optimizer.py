@@ -1,6 +1,7 @@
 """The trainers' optimizer: SGD with momentum and weight decay, one update per global batch."""
 
 import keras
+from keras import ops
 
 from bit_keras import arguments
 
@@ -50,7 +51,9 @@ class AccumulatingSGD(keras.optimizers.Optimizer):
             return
         super().build(variables)
         self.momentums = [self.add_variable_from_reference(v, "momentum") for v in variables]
-        self.accumulators = [self.add_variable_from_reference(v, "accumulator") for v in variables]
+        # Without accumulation there is nothing to carry between steps: no copy of the weights to keep.
+        multi_step = self.accumulation_steps > 1
+        self.accumulators = [self.add_variable_from_reference(v, "accumulator") for v in variables] if multi_step else []
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
         # Keras' TensorFlow optimizer sums the gradients over replicas through
@@ -66,25 +69,26 @@ class AccumulatingSGD(keras.optimizers.Optimizer):
         return super()._all_reduce_sum_gradients(grads_and_vars)
 
     def update_step(self, gradient, variable, learning_rate):
-        from keras import ops
-
         index = self._get_variable_index(variable)
-        momentum, accumulator = self.momentums[index], self.accumulators[index]
-        total = ops.add(accumulator, ops.cast(gradient, variable.dtype))
-        step = ops.divide(total, self.accumulation_steps) if self.accumulation_steps > 1 else total
-        if self.l2:
-            step = ops.add(step, ops.multiply(variable, self.l2))
-        new_momentum = ops.subtract(
-            ops.multiply(momentum, self.momentum), ops.multiply(step, ops.cast(learning_rate, variable.dtype))
-        )
+        momentum = self.momentums[index]
+        gradient = ops.cast(gradient, variable.dtype)
         if self.accumulation_steps == 1:
+            new_momentum = self._new_momentum(momentum, gradient, variable, learning_rate)
             self.assign(momentum, new_momentum)
             self.assign_add(variable, new_momentum)
             return
+        accumulator = self.accumulators[index]
+        total = ops.add(accumulator, gradient)
+        new_momentum = self._new_momentum(momentum, ops.divide(total, self.accumulation_steps), variable, learning_rate)
         applies = ops.cast(ops.equal((self._iterations + 1) % self.accumulation_steps, 0), variable.dtype)
         self.assign(momentum, ops.add(ops.multiply(applies, new_momentum), ops.multiply(1 - applies, momentum)))
         self.assign_add(variable, ops.multiply(applies, new_momentum))
         self.assign(accumulator, ops.multiply(1 - applies, total))
+
+    def _new_momentum(self, momentum, step, variable, learning_rate):
+        if self.l2:
+            step = ops.add(step, ops.multiply(variable, self.l2))
+        return ops.subtract(ops.multiply(momentum, self.momentum), ops.multiply(step, ops.cast(learning_rate, variable.dtype)))
 
     def reset(self):
         """Back to the state before the first update: update 0, no momentum, nothing accumulated."""
