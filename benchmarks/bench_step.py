@@ -20,6 +20,10 @@ One training step is forward, soft-label cross-entropy, backward and an SGD
     bit_keras/tf-gn-grouped  the default with GroupNorm's statistics reduced over the pixels and a
                           group's channels at once, as before the per-channel-first reduction
                           (only when named in --contenders): what that order costs
+    bit_keras/tf-conv-only  the default with every convolution through the backend's convolution,
+                          as before a one-output-pixel convolution became a matrix product
+                          (only when named in --contenders): what that product saves at low
+                          resolution (the demo's 16 px)
     bit_keras/tf-folded   inference only, what `BiTFineTuner.predict` and `evaluate` run:
                           `bit_keras.fold(model)` (weight standardisation computed once, into plain
                           convolutions), compiled with `jit_compile=False` (GroupNorm's shared
@@ -87,6 +91,7 @@ CONTENDERS = {
     "bit_keras/tf-floor": ("bit_keras", "tensorflow", {"floor": True}),
     "bit_keras/tf-gn-onepass": ("bit_keras", "tensorflow", {"group_norm": "one_pass"}),
     "bit_keras/tf-gn-grouped": ("bit_keras", "tensorflow", {"group_norm": "grouped"}),
+    "bit_keras/tf-conv-only": ("bit_keras", "tensorflow", {"conv_only": True}),
     "bit_keras/tf-folded": ("bit_keras", "tensorflow", {"folded": True, "jit_compile": False}),
     "bit_keras/tf-folded-xla": ("bit_keras", "tensorflow", {"folded": True, "jit_compile": True}),
     "bit_keras/jax": ("bit_keras", "jax", {}),
@@ -102,6 +107,7 @@ DIAGNOSTIC_CONTENDERS = (
     "bit_keras/tf-floor",
     "bit_keras/tf-gn-onepass",
     "bit_keras/tf-gn-grouped",
+    "bit_keras/tf-conv-only",
     "bit_keras/tf-folded-xla",
     "bit_keras/jax-floor",
 )
@@ -144,6 +150,10 @@ def _keras_steps(args, family, options):
         if options.get("group_norm"):
             # Before the first trace: each layer's shared function binds it then.
             bit_keras.layers._group_norm = GROUP_NORMS[options["group_norm"]][0]
+        if options.get("conv_only"):
+            import keras
+
+            bit_keras.StandardizedConv2D.convolution_op = keras.layers.Conv2D.convolution_op
 
     import keras
     import numpy as np
@@ -190,6 +200,8 @@ def _keras_steps(args, family, options):
                 description += ", the floor: no weight standardisation, GroupNorm without statistics"
             elif options.get("group_norm"):
                 description += f", GroupNorm fused by XLA {GROUP_NORMS[options['group_norm']][1]}"
+            elif options.get("conv_only"):
+                description += ", every convolution a convolution (none as a matrix product)"
             else:
                 description += f", GroupNorm {'as plain ops' if options.get('unfused') else 'fused by XLA'}"
 
