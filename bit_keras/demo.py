@@ -124,7 +124,7 @@ class Recipe:
       both sides;
     - no flips, for the same reason as upstream.
 
-    The defaults finish in about 5 minutes on 2 CPU cores (see the README).
+    The defaults finish in about 4.5 minutes on 2 CPU cores (see the README).
     """
 
     upstream: str = "glyphs"  # or "digits"
