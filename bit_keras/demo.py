@@ -57,6 +57,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -65,7 +66,6 @@ import hub_export
 from bit_keras import _startup, checkpoints, data, glyphs
 
 VARIANT = bit_keras.Variant(units=(1, 1, 1, 1), width=1)  # "R1-1-1-1x1": 8M parameters
-UPSTREAMS = ("glyphs", "digits")  # the first is the default
 UPSTREAM_DIGITS = (0, 1, 2, 3, 4)  # --upstream digits: pre-trained on these, fine-tuned on the rest
 DOWNSTREAM_DIGITS = (5, 6, 7, 8, 9)
 ALL_DIGITS = tuple(range(10))  # the glyph upstream's downstream: no digit is seen upstream
@@ -150,8 +150,8 @@ class Recipe:
         """The recipe of `upstream` ("glyphs" or "digits"), with `fields` not None in place of its numbers."""
         if upstream not in UPSTREAMS:
             raise ValueError(f"upstream must be one of {', '.join(UPSTREAMS)}; got {upstream!r}.")
-        numbers = DIGITS_UPSTREAM if upstream == "digits" else {}
-        return cls(upstream=upstream, **{**numbers, **{key: value for key, value in fields.items() if value is not None}})
+        given = {key: value for key, value in fields.items() if value is not None}
+        return cls(upstream=upstream, **{**UPSTREAMS[upstream].numbers, **given})
 
     def steps_for(self, num_examples):
         """Updates of a fine-tuning run on `num_examples` images: the same rule for every k."""
@@ -178,26 +178,20 @@ class Recipe:
 
     def describe_upstream(self):
         """The upstream data, in words."""
-        return "digits 0-4" if self.upstream == "digits" else f"procedural glyphs ({self.glyph_classes} classes)"
+        return UPSTREAMS[self.upstream].words.format(glyph_classes=self.glyph_classes)
 
     def describe_downstream(self):
         """The downstream data, in words."""
-        return "digits 5-9" if self.upstream == "digits" else "the ten digits"
+        return UPSTREAMS[self.upstream].downstream_words
 
 
 DIGITS_UPSTREAM = {"upstream_steps": 300, "upstream_batch_size": 16, "upstream_peak_lr": 0.00625}  # the earlier demo's
 
 
 def sources(recipe):
-    """(upstream train, downstream train, downstream test) `Source`s of `recipe.upstream`.
-
-    glyphs: `glyph_source(recipe)` upstream, all ten digits downstream;
-    digits: the digits 0-4 upstream, the digits 5-9 (relabelled 0-4) downstream.
-    """
-    if recipe.upstream == "digits":
-        upstream, _ = digit_sources(UPSTREAM_DIGITS)
-        return (upstream, *digit_sources(DOWNSTREAM_DIGITS))
-    return (glyph_source(recipe), *digit_sources(ALL_DIGITS))
+    """(upstream train, downstream train, downstream test) `Source`s of `recipe.upstream` (see `UPSTREAMS`)."""
+    upstream = UPSTREAMS[recipe.upstream]
+    return (upstream.source(recipe), *digit_sources(upstream.downstream_digits))
 
 
 def glyph_source(recipe):
@@ -221,6 +215,25 @@ def digit_sources(kept=tuple(range(10))):
         return data.from_arrays(images[indices], labels[indices] - kept[0], num_classes=len(kept))
 
     return subset(order[: len(order) * 4 // 5]), subset(order[len(order) * 4 // 5 :])
+
+
+@dataclasses.dataclass(frozen=True)
+class Upstream:
+    """One choice of `--upstream`: its data upstream and downstream, their names, and the recipe numbers it changes."""
+
+    source: Callable  # recipe -> the upstream training `Source`
+    words: str  # the upstream data in words; {glyph_classes} is the recipe's
+    downstream_digits: tuple  # fine-tuned on these digits, relabelled from 0
+    downstream_words: str
+    numbers: dict  # `Recipe` fields in place of its defaults (the glyph upstream's)
+
+
+UPSTREAMS = {  # the first is the default
+    "glyphs": Upstream(glyph_source, "procedural glyphs ({glyph_classes} classes)", ALL_DIGITS, "the ten digits", {}),
+    "digits": Upstream(
+        lambda recipe: digit_sources(UPSTREAM_DIGITS)[0], "digits 0-4", DOWNSTREAM_DIGITS, "digits 5-9", DIGITS_UPSTREAM
+    ),
+}
 
 
 def prepare_out(out):
@@ -490,8 +503,8 @@ def add_arguments(parser):
     parser.add_argument("--shots", type=parse_shots, default=defaults.shots, help="examples per class to try, e.g. 1,2,5,10,full")
     parser.add_argument(
         "--upstream",
-        choices=UPSTREAMS,
-        default=UPSTREAMS[0],
+        choices=tuple(UPSTREAMS),
+        default=next(iter(UPSTREAMS)),
         help="the upstream data: procedural glyphs of many classes, fine-tuned on all ten digits (the default: it "
         "transfers), or the earlier digits 0-4, fine-tuned on digits 5-9 (too small and narrow an upstream to beat "
         "training from scratch; kept for comparison)",
