@@ -88,6 +88,17 @@ def test_fine_tunes_a_separable_task_well_above_chance(capsys):
 
 
 @pytest.mark.backends
+@pytest.mark.backends
+def test_the_optimizer_keeps_a_copy_of_the_weights_only_to_accumulate():
+    from bit_keras.training import AccumulatingSGD
+
+    weights = [keras.Variable(np.ones((3, 5), "float32")), keras.Variable(np.ones(5, "float32"))]
+    for steps, copies in ((1, 1), (4, 2)):  # the momentum; and the accumulated gradient
+        optimizer = AccumulatingSGD(0.1, accumulation_steps=steps)
+        optimizer.build(weights)
+        assert sum(tuple(v.shape) == (3, 5) for v in optimizer.variables) == copies
+
+
 def test_batch_split_gives_the_updates_of_the_whole_batch_with_mixup_on():
     images, labels = colour_task(32)
     finals = []
