@@ -8,15 +8,23 @@ import math
 import keras
 from keras import ops
 
-_fusion = {"enabled": True}
+_fusion = {"xla": True, "batch_norm_kernels": True}
 
 
 @contextlib.contextmanager
-def unfused():
-    """Within it, layers traced by TensorFlow build plain graphs, with no XLA cluster (see `_shared`).
+def _fusion_set(**flags):
+    before = dict(_fusion)
+    _fusion.update(flags)
+    try:
+        yield
+    finally:
+        _fusion.update(before)
 
-    `hub_export` traces under it, so that an exported SavedModel runs wherever
-    TensorFlow does, XLA or not.
+
+def unfused():
+    """Within it, layers traced by TensorFlow build no XLA cluster (see `_shared`).
+
+    The trainers trace runs too short to repay XLA's compilation under it.
 
     Example:
 
@@ -25,12 +33,24 @@ def unfused():
     ...     tuple(GroupNormalization(groups=2)(np.ones((1, 2, 2, 4), "float32")).shape)
     (1, 2, 2, 4)
     """
-    before = _fusion["enabled"]
-    _fusion["enabled"] = False
-    try:
-        yield
-    finally:
-        _fusion["enabled"] = before
+    return _fusion_set(xla=False)
+
+
+def portable():
+    """Within it, layers traced by TensorFlow build graphs of common ops alone: `unfused()`, and weight
+    standardisation as element-wise ops and reductions rather than a training-mode fused batch norm.
+
+    `hub_export` traces under it, so that an exported SavedModel runs wherever
+    TensorFlow does, XLA or not, and converts to ONNX, LiteRT and OpenVINO.
+
+    Example:
+
+    >>> import numpy as np
+    >>> with portable():
+    ...     tuple(StandardizedConv2D(2, 1)(np.ones((1, 2, 2, 4), "float32")).shape)
+    (1, 2, 2, 2)
+    """
+    return _fusion_set(xla=False, batch_norm_kernels=False)
 
 
 def _shared(function, *tensors, xla=True, **static):
@@ -46,7 +66,7 @@ def _shared(function, *tensors, xla=True, **static):
     (`benchmarks/bench_memory.py` measures it).
 
     With `xla`, the function is compiled as one XLA cluster unless traced
-    under `unfused()`: TensorFlow's graph executor runs every element-wise op as a
+    under `unfused()` or `portable()`: TensorFlow's graph executor runs every element-wise op as a
     kernel of its own, one pass over memory each, which XLA fuses, while
     the convolutions around it keep TensorFlow's oneDNN kernels (faster on
     a CPU than XLA's own). `benchmarks/bench_step.py` measures the step with
@@ -56,7 +76,7 @@ def _shared(function, *tensors, xla=True, **static):
     """
     if keras.backend.backend() != "tensorflow":
         return function(*tensors, **static)
-    return _tensorflow_function(function, xla and _fusion["enabled"], **static)(*tensors)
+    return _tensorflow_function(function, xla and _fusion["xla"], **static)(*tensors)
 
 
 @functools.cache
@@ -100,9 +120,10 @@ class StandardizedConv2D(keras.layers.Conv2D):
 
     def standardized_kernel(self):
         """The kernel after weight standardisation, in float32."""
-        # Plain TensorFlow ops, never a cluster of its own: `fold` computes
-        # the kernels the layer ran with, to the bit, however the step was traced.
-        return _shared(_standardize, ops.cast(self.kernel, "float32"), xla=False, epsilon=self.epsilon)
+        # Never an XLA cluster of its own: `fold` computes the kernels the
+        # layer ran with, to the bit, however the step was traced.
+        standardize = _standardize_by_batch_norm if _batch_norm_standardizes() else _standardize
+        return _shared(standardize, ops.cast(self.kernel, "float32"), xla=False, epsilon=self.epsilon)
 
     def call(self, inputs):
         inputs = ops.cast(inputs, self.compute_dtype)
@@ -115,13 +136,20 @@ class StandardizedConv2D(keras.layers.Conv2D):
         return outputs
 
     def convolution_op(self, inputs, kernel):
-        """The convolution; one whose output is a single pixel is a matrix product over that pixel's window.
+        """The convolution; where its windows are the rows of a matrix, a matrix product.
 
-        On a CPU, TensorFlow's (oneDNN's) convolution and its two gradients are
-        several times slower than the same product as a `matmul` when the output
-        is 1x1, as in the last blocks of a BiT on 16-32 px images
-        (docs/performance.md). Both compute the same sums, in another order.
+        Two convolutions are: a 1x1 kernel at stride 1, whose windows are the
+        input's pixels (the bottleneck's first and last convolutions), and
+        one whose output is a single pixel, whose one window is its input's
+        corner (the last blocks of a BiT on 16-32 px images). On a CPU,
+        TensorFlow's (oneDNN's) convolution and its two gradients are slower
+        than the same products as a `matmul`: by about a quarter, forward and
+        backward, on R50's 1x1 convolutions at 128 px, several times on a 1x1
+        output (docs/performance.md). Both compute the same sums, in another order.
         """
+        if _pointwise(self, kernel.shape):
+            product = ops.matmul(ops.reshape(inputs, (-1, kernel.shape[2])), ops.reshape(kernel, kernel.shape[2:]))
+            return ops.reshape(product, (*ops.shape(inputs)[:3], kernel.shape[3]))
         window = _single_output_window(self, inputs.shape, kernel.shape)
         if window is None:
             return super().convolution_op(inputs, kernel)
@@ -131,6 +159,16 @@ class StandardizedConv2D(keras.layers.Conv2D):
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def _pointwise(conv, kernel_shape):
+    """Whether `conv` is a channels-last 1x1 convolution at stride 1: one matrix product over the pixels."""
+    return (
+        tuple(kernel_shape[:2]) == (1, 1)
+        and tuple(conv.strides) == (1, 1)
+        and conv.data_format == "channels_last"
+        and conv.groups == 1
+    )
 
 
 def _single_output_window(conv, input_shape, kernel_shape):
@@ -176,6 +214,46 @@ def _standardize(kernel, epsilon):
     return standardize(kernel)
 
 
+def _batch_norm_standardizes():
+    """Whether weight standardisation runs as `_standardize_by_batch_norm`: under TensorFlow on a CPU, outside `portable()`."""
+    return keras.backend.backend() == "tensorflow" and _fusion["batch_norm_kernels"] and not _tensorflow_sees_a_gpu()
+
+
+@functools.cache
+def _tensorflow_sees_a_gpu():
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def _standardize_by_batch_norm(kernel, epsilon):
+    """`_standardize` as TensorFlow's fused batch normalisation, the output channels as its channels.
+
+    Standardising a kernel is normalising it over (H, W, In) per output
+    channel with the population variance: a training-mode batch norm with
+    unit scale and no offset, whose registered gradient is `_standardize`'s
+    closed form. On a CPU the one op and its gradient took about a third of
+    the time of the separate reductions and element-wise ops (a 3x3x512x512
+    kernel, forward and backward; docs/performance.md). On a GPU, where a
+    step is one XLA program, it is not measured, so `_standardize` stays.
+    """
+    import tensorflow as tf
+
+    channels = tf.shape(kernel)[-1:]
+    rows = tf.reshape(kernel, tf.concat([[1, 1, -1], channels], axis=0))
+    empty = tf.zeros((0,), kernel.dtype)
+    normalized = tf.raw_ops.FusedBatchNormV3(
+        x=rows,
+        scale=tf.ones(channels, kernel.dtype),
+        offset=tf.zeros(channels, kernel.dtype),
+        mean=empty,
+        variance=empty,
+        epsilon=epsilon,
+        is_training=True,
+    ).y
+    return tf.reshape(normalized, tf.shape(kernel))
+
+
 @keras.saving.register_keras_serializable(package="bit_keras")
 class GroupNormalization(keras.layers.Layer):
     """Group normalisation over channels-last inputs, statistics in float32.
@@ -190,7 +268,7 @@ class GroupNormalization(keras.layers.Layer):
     E[x^2] - E[x]^2 in float32 would lose them.
     Under TensorFlow the arithmetic runs as one XLA cluster, shared by
     every layer of its channel count, between TensorFlow's own
-    convolutions; `unfused()` traces plain ops.
+    convolutions; `unfused()` and `portable()` trace plain ops.
 
     Args:
         groups: number of channel groups (BiT: 32); must divide the channels.

@@ -20,7 +20,7 @@ arithmetic as an XLA cluster (`tf.function(jit_compile=True)`) under
 TensorFlow. In a traced graph that cluster is a `PartitionedCall` marked for
 XLA, which TensorFlow's graph optimiser (Grappler, run by tf2onnx) does not
 inline, so tf2onnx emitted it as an op ONNX does not have and onnxruntime
-refused the file at the first GroupNorm. Traced under `bit_keras.layers.unfused()`, every format gets plain
+refused the file at the first GroupNorm. Traced under `bit_keras.layers.portable()`, every format gets plain
 element-wise ops.
 
 OpenVINO's CPU plugin runs a model in bfloat16 by default on processors with
@@ -70,7 +70,8 @@ def export_format(model, path, format="onnx", *, flavor=None, input_range=(0, 1)
     fixes them. It returns float32 `logits[batch, classes]` (classification)
     or `feature_vector[batch, 2048*width]`. The model is folded first
     (`bit_keras.fold`: its convolutions hold the standardised kernels), and
-    the traces have no XLA cluster in them (`bit_keras.layers.unfused()`).
+    the traces have no XLA cluster or fused batch norm in them
+    (`bit_keras.layers.portable()`).
 
     Formats: "saved_model" (a folder; a plain inference SavedModel with a
     `serve` endpoint and a `serving_default` signature: use `hub_export.export`
@@ -137,7 +138,7 @@ def export_format(model, path, format="onnx", *, flavor=None, input_range=(0, 1)
     if format in ("onnx", "litert"):
         _check_float32(model, format)
     # Plain graphs: an XLA cluster is a PartitionedCall that tf2onnx cannot convert (see the module docstring).
-    with bit_keras.layers.unfused():
+    with bit_keras.layers.portable():
         serving = _serving_model(model, flavor, low, high, image_size)
         record = {
             "bit_keras_version": bit_keras.__version__,

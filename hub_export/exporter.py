@@ -75,8 +75,8 @@ def export(model, path, *, flavor="feature_vector", input_range=(0, 1), overwrit
     path = os.path.abspath(arguments.path("path", path))
     checkpoints.refuse_existing(path, overwrite)
 
-    # Plain graphs, with no XLA cluster in them (saving traces too): the module runs wherever TensorFlow does.
-    with bit_keras.layers.unfused():
+    # Common ops alone, no XLA cluster or fused batch norm (saving traces too): the module runs wherever TensorFlow does.
+    with bit_keras.layers.portable():
         return _export(model, path, flavor, low, high, overwrite)
 
 

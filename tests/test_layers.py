@@ -7,7 +7,7 @@ from conftest import requires_tensorflow
 from reference import conv2d, group_norm, pad, standardize
 
 from bit_keras import GroupNormalization, StandardizedConv2D
-from bit_keras.layers import unfused
+from bit_keras.layers import portable, unfused
 
 pytestmark = pytest.mark.backends
 
@@ -47,6 +47,60 @@ def test_a_convolution_with_one_output_pixel_matches_numpy_and_its_gradient(size
     expected = _finite_difference_kernel_gradient(x, kernel, upstream, stride=strides)
     got = _kernel_gradient(conv, x, upstream)
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_a_pointwise_convolution_matches_numpy_and_its_gradient(padding):
+    # A 1x1 convolution at stride 1 is a matrix product over the pixels (`convolution_op`).
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 4, 3, 5)).astype("float32")
+    conv = StandardizedConv2D(3, 1, padding=padding)
+    conv.build(x.shape)
+    kernel = (rng.standard_normal(conv.kernel.shape) * 0.3 + 0.2).astype("float32")
+    conv.kernel.assign(kernel)
+    got = keras.ops.convert_to_numpy(conv(x))
+    np.testing.assert_allclose(got, conv2d(x, standardize(kernel)), rtol=1e-4, atol=1e-4)
+    upstream = rng.standard_normal(got.shape).astype("float32")
+    input_gradient = np.einsum("nhwo,io->nhwi", upstream, standardize(kernel)[0, 0])
+    np.testing.assert_allclose(_input_gradient(conv, x, upstream), input_gradient, rtol=1e-4, atol=1e-4)
+    expected = _finite_difference_kernel_gradient(x, kernel, upstream)
+    got = _kernel_gradient(conv, x, upstream)
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
+def _traced_standardization(conv, upstream):
+    """The standardised kernel and its gradient from a traced step, and the op types of the trace."""
+    import tensorflow as tf
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            standardized = conv.standardized_kernel()
+            loss = tf.reduce_sum(standardized * upstream)
+        return standardized, tape.gradient(loss, conv.kernel.value)
+
+    concrete = step.get_concrete_function()
+    graph = concrete.graph.as_graph_def()
+    ops = {node.op for node in graph.node} | {node.op for f in graph.library.function for node in f.node_def}
+    return [v.numpy() for v in concrete()], ops
+
+
+@requires_tensorflow
+def test_weight_standardization_is_a_fused_batch_norm_on_a_cpu_and_element_wise_when_portable():
+    rng = np.random.default_rng(7)
+    conv = StandardizedConv2D(8, 3, epsilon=1e-10)
+    conv.build((1, 5, 5, 6))
+    kernel = (rng.standard_normal(conv.kernel.shape) * 0.05 + 0.01).astype("float32")
+    conv.kernel.assign(kernel)
+    upstream = rng.standard_normal(kernel.shape).astype("float32")
+    fused, fused_ops = _traced_standardization(conv, upstream)
+    with portable():
+        plain, plain_ops = _traced_standardization(conv, upstream)
+    assert "FusedBatchNormV3" in fused_ops and "FusedBatchNormGradV3" in fused_ops
+    assert not {op for op in plain_ops if op.startswith("FusedBatchNorm")}
+    np.testing.assert_allclose(fused[0], standardize(kernel), rtol=1e-5, atol=1e-5)
+    for got, expected in zip(fused, plain):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
 def test_weight_standardization_epsilon_is_bit():
