@@ -274,6 +274,9 @@ class GroupNormalization(keras.layers.Layer):
         groups: number of channel groups (BiT: 32); must divide the channels.
         epsilon: added to the variance (BiT: 1e-5; note Keras' own layer
             defaults to 1e-3).
+        activation: applied to the output, in float32 before the cast to the
+            compute dtype, and under TensorFlow inside the same XLA cluster
+            (BiT: "relu" before every convolution). None: none.
         **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
     Example:
@@ -284,11 +287,12 @@ class GroupNormalization(keras.layers.Layer):
     (2, 4, 4, 8)
     """
 
-    def __init__(self, groups=32, epsilon=1e-5, **kwargs):
+    def __init__(self, groups=32, epsilon=1e-5, activation=None, **kwargs):
         kwargs.pop("autocast", None)
         super().__init__(autocast=False, **kwargs)
         self.groups = groups
         self.epsilon = epsilon
+        self.activation = keras.activations.get(activation)
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -302,17 +306,25 @@ class GroupNormalization(keras.layers.Layer):
         self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
 
     def call(self, inputs):
-        x = ops.cast(inputs, "float32")
         gamma = ops.cast(self.gamma, "float32")
         beta = ops.cast(self.beta, "float32")
-        normalized = _shared(_group_norm, x, gamma, beta, groups=self.groups, epsilon=self.epsilon, channels=x.shape[-1])
-        return ops.cast(normalized, self.compute_dtype)
+        static = dict(groups=self.groups, epsilon=self.epsilon, channels=inputs.shape[-1])
+        return _shared(_normalize, inputs, gamma, beta, activation=self.activation, dtype=self.compute_dtype, **static)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "groups": self.groups, "epsilon": self.epsilon}
+        config = {"groups": self.groups, "epsilon": self.epsilon, "activation": keras.activations.serialize(self.activation)}
+        return {**super().get_config(), **config}
+
+
+def _normalize(inputs, gamma, beta, activation, dtype, **static):
+    """`GroupNormalization`'s whole call, casts and activation included, so that under TensorFlow the
+    input's cast, the statistics, the activation and the output's cast are one XLA cluster, forward and
+    backward: outside it each is a pass over the activations of its own."""
+    normalized = _group_norm(ops.cast(inputs, "float32"), gamma, beta, **static)
+    return ops.cast(activation(normalized), dtype)
 
 
 def _group_norm(x, gamma, beta, groups, epsilon, channels):

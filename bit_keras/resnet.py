@@ -188,8 +188,7 @@ def _conv(filters, kernel_size, name, strides=1, epsilon=WS_EPSILON):
 
 
 def _gn_relu(x, name):
-    x = GroupNormalization(groups=32, epsilon=1e-5, name=f"{name}_gn")(x)
-    return layers.Activation("relu", name=f"{name}_relu")(x)
+    return GroupNormalization(groups=32, epsilon=1e-5, activation="relu", name=f"{name}_gn")(x)
 
 
 def _unit(x, mid_channels, strides, name, epsilon):
@@ -225,8 +224,8 @@ def build_resnet(
     maps at strides 4, 8, 16 and 32, {"P2": block 1's, ..., "P5": the final
     normalised one}, as detection and segmentation heads take them.
 
-    Layer names are `root_conv`, `block{b}_unit{u:02d}_{a,b,c}_{gn,conv}`,
-    `block{b}_unit01_proj`, `pre_head_gn` and `head`; `stage_of` and
+    Layer names are `root_conv`, `block{b}_unit{u:02d}_{a,b,c}_{gn,conv}` (each
+    `gn` with its ReLU), `block{b}_unit01_proj`, `pre_head_gn`, `pre_head_relu` and `head`; `stage_of` and
     `official_scope` say what each name means, and
     `bit_keras.checkpoints.official_weights` maps them to the official keys.
     """
@@ -244,7 +243,9 @@ def build_resnet(
             strides = 2 if block > 1 and unit == 1 else 1
             x = _unit(x, mid_channels, strides, unit_name(block, unit), ws_epsilon)
         pyramid[f"P{block + 1}"] = x  # stride 2 ** (block + 1)
-    x = _gn_relu(x, "pre_head")
+    # The head's ReLU is a layer of its own: its output is the feature map `FEATURES_LAYER` names.
+    x = GroupNormalization(groups=32, epsilon=1e-5, name=PRE_HEAD_NORM)(x)
+    x = layers.Activation("relu", name=FEATURES_LAYER)(x)
     if pyramid_outputs:
         return keras.Model(inputs, {**pyramid, "P5": x}, name=name or variant.name)
     if include_top:

@@ -147,7 +147,7 @@ def test_group_norm_keeps_its_digits_on_activations_with_a_large_mean(mean, fuse
 
 
 def _traced_group_norm(gn, x):
-    """Output and gradients (input, gamma, beta) of a traced GroupNorm step, and its XLA clusters."""
+    """Output and gradients (input, gamma, beta) of a traced GroupNorm step, and the op types of each XLA cluster."""
     import tensorflow as tf
 
     weights = tf.cast(tf.reshape(tf.range(x.size), x.shape) % 7, "float32")
@@ -162,7 +162,7 @@ def _traced_group_norm(gn, x):
 
     concrete = step.get_concrete_function(tf.TensorSpec(x.shape, tf.float32))
     library = concrete.graph.as_graph_def().library.function
-    clusters = sum(1 for f in library if f.attr["_XlaMustCompile"].b)
+    clusters = [{node.op for node in f.node_def} for f in library if f.attr["_XlaMustCompile"].b]
     return [v.numpy() for v in concrete(tf.constant(x))], clusters
 
 
@@ -177,10 +177,35 @@ def test_group_norm_is_one_xla_cluster_under_tensorflow_and_matches_plain_ops():
     fused, fused_clusters = _traced_group_norm(gn, x)
     with unfused():
         plain, plain_clusters = _traced_group_norm(gn, x)
-    assert fused_clusters >= 1 and plain_clusters == 0
+    assert fused_clusters and not plain_clusters
     for got, expected in zip(fused, plain):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(fused[0], group_norm(x, *keras.ops.convert_to_numpy([gn.gamma, gn.beta])), rtol=1e-4, atol=1e-4)
+
+
+def test_group_norm_activation_follows_the_normalisation():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 3, 3, 8)).astype("float32")
+    activated, plain = GroupNormalization(groups=2, activation="relu"), GroupNormalization(groups=2)
+    for gn in (activated, plain):
+        gn.build(x.shape)
+        gn.gamma.assign(rng.standard_normal(8).astype("float32"))
+        gn.beta.assign(np.full(8, 0.3, "float32"))
+    plain.set_weights(activated.get_weights())
+    expected = keras.ops.convert_to_numpy(plain(x))
+    assert (expected < 0).any()
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(activated(x)), np.maximum(expected, 0))
+
+
+@requires_tensorflow
+def test_group_norm_activation_is_inside_its_xla_cluster():
+    # One cluster for the normalisation and the ReLU, forward and backward: no pass of the ReLU's own.
+    x = np.random.default_rng(9).standard_normal((2, 4, 4, 64)).astype("float32")
+    gn = GroupNormalization(activation="relu")
+    gn.build(x.shape)
+    (y, *_), clusters = _traced_group_norm(gn, x)
+    assert any("Relu" in ops for ops in clusters) and any("ReluGrad" in ops for ops in clusters)
+    assert (y >= 0).all() and (y > 0).any()
 
 
 def test_group_norm_rejects_indivisible_channels():
@@ -213,7 +238,12 @@ def test_standardized_conv_under_mixed_bfloat16_uses_float32_kernel():
 
 
 @pytest.mark.parametrize(
-    "layer", [StandardizedConv2D(6, 3, strides=2, padding="same"), GroupNormalization(groups=2, epsilon=1e-4)]
+    "layer",
+    [
+        StandardizedConv2D(6, 3, strides=2, padding="same"),
+        GroupNormalization(groups=2, epsilon=1e-4),
+        GroupNormalization(groups=2, activation="relu"),
+    ],
 )
 def test_layers_serialize(layer):
     config = layer.get_config()
