@@ -21,9 +21,14 @@ One training step is forward, soft-label cross-entropy, backward and an SGD
                           group's channels at once, as before the per-channel-first reduction
                           (only when named in --contenders): what that order costs
     bit_keras/tf-conv-only  the default with every convolution through the backend's convolution,
-                          as before a one-output-pixel convolution became a matrix product
-                          (only when named in --contenders): what that product saves at low
-                          resolution (the demo's 16 px)
+                          as before 1x1 stride-1 and one-output-pixel convolutions became matrix
+                          products (only when named in --contenders): what those products save
+    bit_keras/tf-ws-ops   the default with weight standardisation as separate reductions and
+                          element-wise ops, as under `bit_keras.layers.portable()`, rather than one
+                          fused batch norm (only when named in --contenders): what the fused op saves
+    bit_keras/tf-relu-layers  the default with each ReLU a layer of its own after its GroupNorm, as
+                          before the ReLU became GroupNorm's activation inside its XLA cluster (only
+                          when named in --contenders): what that fusion saves
     bit_keras/tf-folded   inference only, what `BiTFineTuner.predict` and `evaluate` run:
                           `bit_keras.fold(model)` (weight standardisation computed once, into plain
                           convolutions), compiled with `jit_compile=False` (GroupNorm's shared
@@ -92,6 +97,8 @@ CONTENDERS = {
     "bit_keras/tf-gn-onepass": ("bit_keras", "tensorflow", {"group_norm": "one_pass"}),
     "bit_keras/tf-gn-grouped": ("bit_keras", "tensorflow", {"group_norm": "grouped"}),
     "bit_keras/tf-conv-only": ("bit_keras", "tensorflow", {"conv_only": True}),
+    "bit_keras/tf-ws-ops": ("bit_keras", "tensorflow", {"ws_ops": True}),
+    "bit_keras/tf-relu-layers": ("bit_keras", "tensorflow", {"relu_layers": True}),
     "bit_keras/tf-folded": ("bit_keras", "tensorflow", {"folded": True, "jit_compile": False}),
     "bit_keras/tf-folded-xla": ("bit_keras", "tensorflow", {"folded": True, "jit_compile": True}),
     "bit_keras/jax": ("bit_keras", "jax", {}),
@@ -108,6 +115,8 @@ DIAGNOSTIC_CONTENDERS = (
     "bit_keras/tf-gn-onepass",
     "bit_keras/tf-gn-grouped",
     "bit_keras/tf-conv-only",
+    "bit_keras/tf-ws-ops",
+    "bit_keras/tf-relu-layers",
     "bit_keras/tf-folded-xla",
     "bit_keras/jax-floor",
 )
@@ -154,6 +163,10 @@ def _keras_steps(args, family, options):
             import keras
 
             bit_keras.StandardizedConv2D.convolution_op = keras.layers.Conv2D.convolution_op
+        if options.get("ws_ops"):
+            bit_keras.layers._batch_norm_standardizes = lambda: False
+        if options.get("relu_layers"):
+            _relu_layers(bit_keras)
 
     import keras
     import numpy as np
@@ -202,6 +215,10 @@ def _keras_steps(args, family, options):
                 description += f", GroupNorm fused by XLA {GROUP_NORMS[options['group_norm']][1]}"
             elif options.get("conv_only"):
                 description += ", every convolution a convolution (none as a matrix product)"
+            elif options.get("ws_ops"):
+                description += ", weight standardisation as separate ops (no fused batch norm)"
+            elif options.get("relu_layers"):
+                description += ", each ReLU a layer after its GroupNorm"
             else:
                 description += f", GroupNorm {'as plain ops' if options.get('unfused') else 'fused by XLA'}"
 
@@ -271,6 +288,17 @@ def _skip_normalization(bit_keras):
 
     bit_keras.StandardizedConv2D.standardized_kernel = lambda layer: ops.cast(layer.kernel, "float32")
     bit_keras.GroupNormalization.call = affine
+
+
+def _relu_layers(bit_keras):
+    """In this worker only: the builder puts each ReLU in a layer of its own after its GroupNorm."""
+    import keras
+
+    def gn_then_relu(x, name):
+        x = bit_keras.GroupNormalization(groups=32, epsilon=1e-5, name=f"{name}_gn")(x)
+        return keras.layers.Activation("relu", name=f"{name}_relu")(x)
+
+    bit_keras.resnet._gn_relu = gn_then_relu
 
 
 def _forward_gflop(model):
