@@ -19,7 +19,8 @@ def fold(model, into=None):
     computed in float32 with that layer's own epsilon exactly as the layer
     computes it on every call (`StandardizedConv2D.standardized_kernel`), and
     keeps its name, filters, kernel size, strides, padding, bias and dtype
-    policy. Every other layer is copied with its configuration and weights
+    policy; under a mixed-precision policy it holds that kernel in the compute
+    dtype (`bfloat16` or `float16`), cast once as the layer casts it on every call. Every other layer is copied with its configuration and weights
     (GroupNorm stays GroupNorm); models nested in `model` (a BiT inside a
     wrapper) are folded too. `model` itself is left as it was, and the copy
     shares no variable with it: it is a snapshot of the weights at the time
@@ -144,6 +145,9 @@ def _fold_config(model, config):
         layer = by_name.get(entry["config"].get("name"))
         if isinstance(layer, StandardizedConv2D):
             settings = {key: value for key, value in entry["config"].items() if key != "epsilon"}
+            if layer.dtype_policy.variable_dtype != layer.compute_dtype:
+                # Under mixed precision the kernel is held in the compute dtype: the cast each call made, made once.
+                settings["dtype"] = layer.compute_dtype
             plain = keras.saving.serialize_keras_object(keras.layers.Conv2D.from_config(settings))
             for key in ("module", "class_name", "registered_name", "config"):
                 entry[key] = plain[key]
