@@ -37,11 +37,13 @@ def unfused():
 
 
 def portable():
-    """Within it, layers traced by TensorFlow build graphs of common ops alone: `unfused()`, and weight
-    standardisation as element-wise ops and reductions rather than a training-mode fused batch norm.
+    """Within it, layers traced by TensorFlow build graphs of common ops alone.
 
-    `hub_export` traces under it, so that an exported SavedModel runs wherever
-    TensorFlow does, XLA or not, and converts to ONNX, LiteRT and OpenVINO.
+    That is `unfused()` (no XLA cluster), and weight standardisation as
+    reductions and element-wise ops rather than a training-mode fused batch
+    norm (`_standardize_by_batch_norm`). `hub_export` traces under it, so
+    that an exported SavedModel runs wherever TensorFlow does, XLA or not,
+    and converts to ONNX, LiteRT and OpenVINO.
 
     Example:
 
@@ -320,9 +322,12 @@ class GroupNormalization(keras.layers.Layer):
 
 
 def _normalize(inputs, gamma, beta, activation, dtype, **static):
-    """`GroupNormalization`'s whole call, casts and activation included, so that under TensorFlow the
-    input's cast, the statistics, the activation and the output's cast are one XLA cluster, forward and
-    backward: outside it each is a pass over the activations of its own."""
+    """`GroupNormalization`'s whole call, its casts and activation included.
+
+    Under TensorFlow the input's cast, the statistics, the activation and the
+    output's cast are so one XLA cluster, forward and backward; outside it
+    each would be a pass over the activations of its own.
+    """
     normalized = _group_norm(ops.cast(inputs, "float32"), gamma, beta, **static)
     return ops.cast(activation(normalized), dtype)
 
