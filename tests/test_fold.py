@@ -111,7 +111,7 @@ def test_a_model_wrapping_a_bit_folds_the_bit_inside():
     assert isinstance(wrapper.get_layer(bit.name).get_layer("block4_unit01_c_conv"), bit_keras.StandardizedConv2D)
 
 
-def test_mixed_precision_folds_to_the_same_policies_and_logits():
+def test_mixed_precision_folds_to_compute_dtype_kernels_and_the_same_logits():
     model = randomised(bit_keras.BiT(TINY, num_classes=5, mixed_precision="mixed_bfloat16"), seed=4)
     folded = bit_keras.fold(model)  # under the global float32 policy: the model's own policy must carry over
     assert folded.dtype_policy.name == "mixed_bfloat16"
