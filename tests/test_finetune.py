@@ -88,7 +88,6 @@ def test_fine_tunes_a_separable_task_well_above_chance(capsys):
 
 
 @pytest.mark.backends
-@pytest.mark.backends
 def test_the_optimizer_keeps_a_copy_of_the_weights_only_to_accumulate():
     from bit_keras.training import AccumulatingSGD
 
@@ -99,6 +98,7 @@ def test_the_optimizer_keeps_a_copy_of_the_weights_only_to_accumulate():
         assert sum(tuple(v.shape) == (3, 5) for v in optimizer.variables) == copies
 
 
+@pytest.mark.backends
 def test_batch_split_gives_the_updates_of_the_whole_batch_with_mixup_on():
     images, labels = colour_task(32)
     finals = []
