@@ -127,7 +127,7 @@ class Recipe:
       gains of 0.08 and 0.09 at k = 2 and 5;
     - no flips, for the same reason as upstream.
 
-    The defaults finish in about 4.5 minutes on 2 CPU cores (see the README).
+    The defaults finish in about 4 minutes on 2 CPU cores (see the README).
     """
 
     upstream: str = "glyphs"  # or "digits"
