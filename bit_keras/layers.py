@@ -3,7 +3,6 @@ and group normalisation, both written in `keras.ops` for every Keras backend."""
 
 import contextlib
 import functools
-import math
 
 import keras
 from keras import ops
@@ -143,11 +142,12 @@ class StandardizedConv2D(keras.layers.Conv2D):
         Two convolutions are: a 1x1 kernel at stride 1, whose windows are the
         input's pixels (the bottleneck's first and last convolutions), and
         one whose output is a single pixel, whose one window is its input's
-        corner (the last blocks of a BiT on 16-32 px images). On a CPU,
-        TensorFlow's (oneDNN's) convolution and its two gradients are slower
-        than the same products as a `matmul`: by about a quarter, forward and
-        backward, on R50's 1x1 convolutions at 128 px, several times on a 1x1
-        output (docs/performance.md). Both compute the same sums, in another order.
+        corner, padding aside (the last blocks of a BiT on 16-32 px images).
+        On a CPU, TensorFlow's (oneDNN's) convolution and its two gradients
+        are slower than the same products as a `matmul`: by about a quarter,
+        forward and backward, on R50's 1x1 convolutions at 128 px, several
+        times on a 1x1 output (docs/performance.md). Both compute the same
+        sums, in another order.
         """
         if _pointwise(self, kernel.shape):
             product = ops.matmul(ops.reshape(inputs, (-1, kernel.shape[2])), ops.reshape(kernel, kernel.shape[2:]))
@@ -155,8 +155,10 @@ class StandardizedConv2D(keras.layers.Conv2D):
         window = _single_output_window(self, inputs.shape, kernel.shape)
         if window is None:
             return super().convolution_op(inputs, kernel)
-        rows = ops.reshape(inputs[:, : window[0], : window[1], :], (-1, math.prod(kernel.shape[:3])))
-        product = ops.matmul(rows, ops.reshape(kernel, (-1, kernel.shape[3])))
+        (rows, first_row), (columns, first_column) = window
+        taps = kernel[first_row : first_row + rows, first_column : first_column + columns]
+        pixels = ops.reshape(inputs[:, :rows, :columns, :], (-1, rows * columns * kernel.shape[2]))
+        product = ops.matmul(pixels, ops.reshape(taps, (-1, kernel.shape[3])))
         return ops.reshape(product, (-1, 1, 1, kernel.shape[3]))
 
     def get_config(self):
@@ -174,18 +176,34 @@ def _pointwise(conv, kernel_shape):
 
 
 def _single_output_window(conv, input_shape, kernel_shape):
-    """(height, width) of the one window a "valid", channels-last `conv` sees in `input_shape`, or None."""
-    if conv.padding != "valid" or conv.data_format != "channels_last" or conv.groups != 1:
+    """Where a channels-last `conv` with one output pixel reads `input_shape`, or None if it has more.
+
+    Returns, for height and width, (pixels, first tap): the one window takes
+    the first `pixels` pixels of the input, each against the kernel's taps
+    from `first tap` on. "same" padding (TensorFlow's and JAX's: the lesser
+    half before) puts zeros before the input, so the window starts inside
+    the kernel and may end before it.
+    """
+    if conv.padding not in ("valid", "same") or conv.data_format != "channels_last" or conv.groups != 1:
         return None
     if any(rate != 1 for rate in conv.dilation_rate):
         return None
     sizes = input_shape[1:3]
     if any(size is None for size in sizes):
         return None
-    # One output pixel: the kernel fits, and a stride further would leave the input.
-    if all(kernel <= size < kernel + stride for size, kernel, stride in zip(sizes, kernel_shape[:2], conv.strides)):
-        return tuple(kernel_shape[:2])
-    return None
+    window = []
+    for size, kernel, stride in zip(sizes, kernel_shape[:2], conv.strides):
+        if conv.padding == "valid":
+            # The kernel fits, and a stride further would leave the input.
+            if not kernel <= size < kernel + stride:
+                return None
+            window.append((kernel, 0))
+        else:
+            if size > stride:  # "same" gives ceil(size / stride) pixels
+                return None
+            before = max(kernel - size, 0) // 2
+            window.append((min(size, kernel - before), before))
+    return tuple(window)
 
 
 def _standardize(kernel, epsilon):

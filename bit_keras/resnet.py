@@ -183,8 +183,8 @@ def check_outputs(include_top, pooling, pyramid_outputs):
         raise ValueError("pyramid_outputs=True gives the unpooled feature maps: pass include_top=False and pooling=None.")
 
 
-def _conv(filters, kernel_size, name, strides=1, epsilon=WS_EPSILON):
-    return StandardizedConv2D(filters, kernel_size, strides=strides, padding="valid", epsilon=epsilon, name=name)
+def _conv(filters, kernel_size, name, strides=1, epsilon=WS_EPSILON, padding="valid"):
+    return StandardizedConv2D(filters, kernel_size, strides=strides, padding=padding, epsilon=epsilon, name=name)
 
 
 def _gn_relu(x, name):
@@ -200,8 +200,13 @@ def _unit(x, mid_channels, strides, name, epsilon):
         shortcut = x
     y = _conv(mid_channels, 1, f"{name}_a_conv", epsilon=epsilon)(preact)
     y = _gn_relu(y, f"{name}_b")
-    y = layers.ZeroPadding2D(1, name=f"{name}_b_pad")(y)
-    y = _conv(mid_channels, 3, f"{name}_b_conv", strides, epsilon)(y)
+    if strides == 1:
+        # The official zero padding by one is "same" padding at stride 1, which
+        # the convolution does itself: no pad forward, no slice of the gradient back.
+        y = _conv(mid_channels, 3, f"{name}_b_conv", epsilon=epsilon, padding="same")(y)
+    else:
+        y = layers.ZeroPadding2D(1, name=f"{name}_b_pad")(y)
+        y = _conv(mid_channels, 3, f"{name}_b_conv", strides, epsilon)(y)
     y = _gn_relu(y, f"{name}_c")
     y = _conv(out_channels, 1, f"{name}_c_conv", epsilon=epsilon)(y)
     return layers.Add(name=f"{name}_add")([y, shortcut])

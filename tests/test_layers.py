@@ -25,26 +25,54 @@ def test_standardized_conv_matches_numpy():
 
 
 @pytest.mark.parametrize(
-    "size,kernel_size,strides",
-    [(3, 3, 1), (3, 3, 2), (4, 3, 2), (1, 1, 1), (2, 1, 2), (5, 4, 2)],
-    ids=["3x3", "3x3-stride2", "3x3-stride2-spare-row", "1x1", "1x1-stride2", "4x4-in-5x5"],
+    "size,kernel_size,strides,padding",
+    [
+        (3, 3, 1, "valid"),
+        (3, 3, 2, "valid"),
+        (4, 3, 2, "valid"),
+        (1, 1, 1, "valid"),
+        (2, 1, 2, "valid"),
+        (5, 4, 2, "valid"),
+        (1, 3, 1, "same"),
+        (1, 3, 2, "same"),
+        (2, 3, 2, "same"),
+        (2, 4, 2, "same"),
+        (3, 2, 3, "same"),
+    ],
+    ids=[
+        "3x3",
+        "3x3-stride2",
+        "3x3-stride2-spare-row",
+        "1x1",
+        "1x1-stride2",
+        "4x4-in-5x5",
+        "same-3x3-on-1x1",
+        "same-3x3-stride2-on-1x1",
+        "same-3x3-stride2-on-2x2",
+        "same-4x4-stride2-on-2x2",
+        "same-2x2-stride3-on-3x3",
+    ],
 )
-def test_a_convolution_with_one_output_pixel_matches_numpy_and_its_gradient(size, kernel_size, strides):
+def test_a_convolution_with_one_output_pixel_matches_numpy_and_its_gradient(size, kernel_size, strides, padding):
     # Such a convolution is computed as a matrix product over its window (`convolution_op`).
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, size, size, 6)).astype("float32")
-    conv = StandardizedConv2D(4, kernel_size, strides=strides, padding="valid")
+    conv = StandardizedConv2D(4, kernel_size, strides=strides, padding=padding)
     conv.build(x.shape)
     kernel = (rng.standard_normal(conv.kernel.shape) * 0.3 + 0.2).astype("float32")
     conv.kernel.assign(kernel)
     got = keras.ops.convert_to_numpy(conv(x))
     assert got.shape == (3, 1, 1, 4)
-    np.testing.assert_allclose(got, conv2d(x, standardize(kernel), stride=strides), rtol=1e-4, atol=1e-4)
+    # "same" as TensorFlow pads: the lesser half of the padding before the input.
+    before, after = (max(kernel_size - size, 0) // 2, (max(kernel_size - size, 0) + 1) // 2) if padding == "same" else (0, 0)
+    padded = np.pad(x, ((0, 0), (before, after), (before, after), (0, 0)))
+    np.testing.assert_allclose(got, conv2d(padded, standardize(kernel), stride=strides), rtol=1e-4, atol=1e-4)
     upstream = rng.standard_normal(got.shape).astype("float32")
-    input_gradient = np.zeros_like(x)
-    input_gradient[:, :kernel_size, :kernel_size, :] = np.einsum("no,hwio->nhwi", upstream[:, 0, 0], standardize(kernel))
+    padded_gradient = np.zeros_like(padded)
+    padded_gradient[:, :kernel_size, :kernel_size, :] = np.einsum("no,hwio->nhwi", upstream[:, 0, 0], standardize(kernel))
+    input_gradient = padded_gradient[:, before : before + size, before : before + size, :]
     np.testing.assert_allclose(_input_gradient(conv, x, upstream), input_gradient, rtol=1e-4, atol=1e-4)
-    expected = _finite_difference_kernel_gradient(x, kernel, upstream, stride=strides)
+    expected = _finite_difference_kernel_gradient(padded, kernel, upstream, stride=strides)
     got = _kernel_gradient(conv, x, upstream)
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
 
