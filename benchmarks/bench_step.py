@@ -29,6 +29,9 @@ One training step is forward, soft-label cross-entropy, backward and an SGD
     bit_keras/tf-relu-layers  the default with each ReLU a layer of its own after its GroupNorm, as
                           before the ReLU became GroupNorm's activation inside its XLA cluster (only
                           when named in --contenders): what that fusion saves
+    bit_keras/tf-gn-reductions  the default with GroupNorm's means over the pixels as reductions
+                          under mixed precision too, as before they became matrix products there
+                          (only when named in --contenders; float32 is unchanged): what they save
     bit_keras/tf-folded   inference only, what `BiTFineTuner.predict` and `evaluate` run:
                           `bit_keras.fold(model)` (weight standardisation computed once, into plain
                           convolutions), compiled with `jit_compile=False` (GroupNorm's shared
@@ -99,6 +102,7 @@ CONTENDERS = {
     "bit_keras/tf-conv-only": ("bit_keras", "tensorflow", {"conv_only": True}),
     "bit_keras/tf-ws-ops": ("bit_keras", "tensorflow", {"ws_ops": True}),
     "bit_keras/tf-relu-layers": ("bit_keras", "tensorflow", {"relu_layers": True}),
+    "bit_keras/tf-gn-reductions": ("bit_keras", "tensorflow", {"gn_reductions": True}),
     "bit_keras/tf-folded": ("bit_keras", "tensorflow", {"folded": True, "jit_compile": False}),
     "bit_keras/tf-folded-xla": ("bit_keras", "tensorflow", {"folded": True, "jit_compile": True}),
     "bit_keras/jax": ("bit_keras", "jax", {}),
@@ -117,6 +121,7 @@ DIAGNOSTIC_CONTENDERS = (
     "bit_keras/tf-conv-only",
     "bit_keras/tf-ws-ops",
     "bit_keras/tf-relu-layers",
+    "bit_keras/tf-gn-reductions",
     "bit_keras/tf-folded-xla",
     "bit_keras/jax-floor",
 )
@@ -165,6 +170,8 @@ def _keras_steps(args, family, options):
             bit_keras.StandardizedConv2D.convolution_op = keras.layers.Conv2D.convolution_op
         if options.get("ws_ops"):
             bit_keras.layers._batch_norm_standardizes = lambda: False
+        if options.get("gn_reductions"):
+            bit_keras.layers._products_average = lambda inputs: False
         if options.get("relu_layers"):
             _relu_layers(bit_keras)
 
@@ -219,6 +226,8 @@ def _keras_steps(args, family, options):
                 description += ", weight standardisation as separate ops (no fused batch norm)"
             elif options.get("relu_layers"):
                 description += ", each ReLU a layer after its GroupNorm"
+            elif options.get("gn_reductions"):
+                description += ", GroupNorm's means reductions under mixed precision too (no products)"
             else:
                 description += f", GroupNorm {'as plain ops' if options.get('unfused') else 'fused by XLA'}"
 
@@ -245,8 +254,8 @@ def _keras_steps(args, family, options):
     return infer, train, device_peak, description, forward_gflop
 
 
-def _one_pass_group_norm(x, gamma, beta, groups, epsilon, channels):
-    """GroupNorm with E[x^2] - E[x]^2 as its variance: one pass over the activations, fewer digits."""
+def _one_pass_group_norm(x, gamma, beta, groups, epsilon, channels, pixel_mean):
+    """GroupNorm with E[x^2] - E[x]^2 as its variance: one pass over the activations, fewer digits (its means are plain reductions)."""
     from keras import ops
 
     from bit_keras.layers import _group_mean
@@ -259,8 +268,8 @@ def _one_pass_group_norm(x, gamma, beta, groups, epsilon, channels):
     return ops.reshape(pixels * scale + ops.reshape(beta, (1, 1, channels)) - mean * scale, shape)
 
 
-def _grouped_group_norm(x, gamma, beta, groups, epsilon, channels):
-    """GroupNorm with each statistic reduced over the pixels and a group's channels in one reduction."""
+def _grouped_group_norm(x, gamma, beta, groups, epsilon, channels, pixel_mean):
+    """GroupNorm with each statistic reduced over the pixels and a group's channels in one reduction (never a product)."""
     from keras import ops
 
     shape, per_group = ops.shape(x), channels // groups

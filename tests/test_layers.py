@@ -7,7 +7,7 @@ from conftest import requires_tensorflow
 from reference import conv2d, group_norm, pad, standardize
 
 from bit_keras import GroupNormalization, StandardizedConv2D
-from bit_keras.layers import portable, unfused
+from bit_keras.layers import _pixel_mean_by_product, portable, unfused
 
 pytestmark = pytest.mark.backends
 
@@ -253,6 +253,35 @@ def test_group_norm_statistics_are_float32_under_mixed_float16():
     expected = group_norm(x.astype("float32"), np.ones(64), np.zeros(64))
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, expected, atol=1e-2)
+
+
+def test_pixel_mean_by_product_is_the_mean_over_the_pixels():
+    pixels = np.random.default_rng(11).standard_normal((3, 30, 8)).astype("float32") + 2
+    got = keras.ops.convert_to_numpy(_pixel_mean_by_product(pixels))
+    np.testing.assert_allclose(got, pixels.astype(np.float64).mean(axis=1), rtol=1e-6)
+
+
+@requires_tensorflow
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "float32"])
+def test_group_norm_means_are_products_for_a_bfloat16_input_on_a_cpu(policy):
+    # Where XLA:CPU's reductions are slow (`_products_average`), and only there.
+    import tensorflow as tf
+
+    rng = np.random.default_rng(10)
+    gn = GroupNormalization(dtype=policy)
+    gn.build((2, 6, 5, 64))
+    gn.gamma.assign(rng.standard_normal(64).astype("float32"))
+    gn.beta.assign(rng.standard_normal(64).astype("float32"))
+    inputs = tf.cast(rng.standard_normal((2, 6, 5, 64)) * 3 + 1, gn.compute_dtype)
+    concrete = tf.function(gn).get_concrete_function(tf.TensorSpec(inputs.shape, inputs.dtype))
+    library = concrete.graph.as_graph_def().library.function
+    cluster_ops = {node.op for f in library if f.attr["_XlaMustCompile"].b for node in f.node_def}
+    assert ("BatchMatMulV2" in cluster_ops) == (policy == "mixed_bfloat16")
+    got = concrete(inputs).numpy().astype("float32")
+    expected = group_norm(inputs.numpy().astype("float32"), *keras.ops.convert_to_numpy([gn.gamma, gn.beta]))
+    # bfloat16 keeps 8 bits: the output's rounding, not the statistics, sets the tolerance.
+    tolerance = 1e-2 if policy == "mixed_bfloat16" else 1e-4
+    np.testing.assert_allclose(got, expected, rtol=tolerance, atol=tolerance * np.abs(expected).max())
 
 
 def test_standardized_conv_under_mixed_bfloat16_uses_float32_kernel():
