@@ -388,7 +388,7 @@ def _products_average(inputs):
     then misses XLA:CPU's fast reductions; a product has no such conversion
     in it. `bit_keras/tf-gn-reductions` in `benchmarks/bench_step.py`
     undoes it: bfloat16 inference of R50x1 at 128 px was 1.05x with
-    products, training unchanged; for a float32 input products gained
+    products, training 0.98x (inside the run's spread); for a float32 input products gained
     nothing at inference and lost in training (docs/performance.md).
     """
     if keras.backend.standardize_dtype(inputs.dtype) == "float32" or keras.backend.backend() != "tensorflow":
