@@ -20,6 +20,9 @@ One training step is forward, soft-label cross-entropy, backward and an SGD
     bit_keras/tf-gn-grouped  the default with GroupNorm's statistics reduced over the pixels and a
                           group's channels at once, as before the per-channel-first reduction
                           (only when named in --contenders): what that order costs
+    bit_keras/tf-gn-autodiff  the default with GroupNorm's gradient by automatic differentiation,
+                          as before its closed form (only when named in --contenders): what the
+                          closed form saves
     bit_keras/tf-conv-only  the default with every convolution through the backend's convolution,
                           as before 1x1 stride-1 and one-output-pixel convolutions became matrix
                           products (only when named in --contenders): what those products save
@@ -99,6 +102,7 @@ CONTENDERS = {
     "bit_keras/tf-floor": ("bit_keras", "tensorflow", {"floor": True}),
     "bit_keras/tf-gn-onepass": ("bit_keras", "tensorflow", {"group_norm": "one_pass"}),
     "bit_keras/tf-gn-grouped": ("bit_keras", "tensorflow", {"group_norm": "grouped"}),
+    "bit_keras/tf-gn-autodiff": ("bit_keras", "tensorflow", {"group_norm": "autodiff"}),
     "bit_keras/tf-conv-only": ("bit_keras", "tensorflow", {"conv_only": True}),
     "bit_keras/tf-ws-ops": ("bit_keras", "tensorflow", {"ws_ops": True}),
     "bit_keras/tf-relu-layers": ("bit_keras", "tensorflow", {"relu_layers": True}),
@@ -118,6 +122,7 @@ DIAGNOSTIC_CONTENDERS = (
     "bit_keras/tf-floor",
     "bit_keras/tf-gn-onepass",
     "bit_keras/tf-gn-grouped",
+    "bit_keras/tf-gn-autodiff",
     "bit_keras/tf-conv-only",
     "bit_keras/tf-ws-ops",
     "bit_keras/tf-relu-layers",
@@ -260,6 +265,7 @@ def _one_pass_group_norm(x, gamma, beta, groups, epsilon, channels, pixel_mean):
 
     from bit_keras.layers import _group_mean
 
+    x = ops.cast(x, "float32")
     shape = ops.shape(x)
     pixels = ops.reshape(x, (shape[0], -1, channels))
     mean = _group_mean(ops.mean(pixels, axis=1), groups)
@@ -272,6 +278,7 @@ def _grouped_group_norm(x, gamma, beta, groups, epsilon, channels, pixel_mean):
     """GroupNorm with each statistic reduced over the pixels and a group's channels in one reduction (never a product)."""
     from keras import ops
 
+    x = ops.cast(x, "float32")
     shape, per_group = ops.shape(x), channels // groups
     grouped = ops.reshape(x, (shape[0], -1, groups, per_group))
     centered = grouped - ops.mean(grouped, axis=(1, 3), keepdims=True)
@@ -280,8 +287,16 @@ def _grouped_group_norm(x, gamma, beta, groups, epsilon, channels, pixel_mean):
     return ops.reshape(centered * scale + ops.reshape(beta, (1, 1, groups, per_group)), shape)
 
 
+def _autodiff_group_norm(x, gamma, beta, groups, epsilon, channels, pixel_mean):
+    """bit_keras' GroupNorm, differentiated by the framework rather than by its closed-form gradient."""
+    from bit_keras.layers import _normalized
+
+    return _normalized(x, gamma, beta, groups, epsilon, channels, pixel_mean)[0]
+
+
 # The diagnostic GroupNorms: option -> (function, description)
 GROUP_NORMS = {
+    "autodiff": (_autodiff_group_norm, "with its gradient by automatic differentiation"),
     "one_pass": (_one_pass_group_norm, "with a one-pass variance"),
     "grouped": (_grouped_group_norm, "reducing over pixels and a group's channels at once"),
 }

@@ -211,6 +211,55 @@ def test_group_norm_is_one_xla_cluster_under_tensorflow_and_matches_plain_ops():
     np.testing.assert_allclose(fused[0], group_norm(x, *keras.ops.convert_to_numpy([gn.gamma, gn.beta])), rtol=1e-4, atol=1e-4)
 
 
+def _group_norm_gradients(gn, x, upstream):
+    """d sum(gn(x) * upstream) / d (x, gamma, beta), by the backend's own differentiation."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(gn(x) * upstream)
+        return [g.numpy() for g in tape.gradient(loss, [x, gn.gamma.value, gn.beta.value])]
+    if backend == "jax":
+        import jax
+
+        def loss(inputs, gamma, beta):
+            outputs, _ = gn.stateless_call([gamma, beta], [], inputs)
+            return (outputs * upstream).sum()
+
+        return [np.asarray(g) for g in jax.grad(loss, argnums=(0, 1, 2))(x, gn.gamma.value, gn.beta.value)]
+    pytest.fail(f"no gradient helper for the {backend} backend")
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
+def test_group_norm_gradients_match_finite_differences(fused):
+    # The gradient is written in closed form (`_group_norm`): checked against float64 NumPy, not against itself.
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((2, 3, 4, 8)) * 2 + 3).astype("float32")
+    gamma, beta = rng.standard_normal(8).astype("float32"), rng.standard_normal(8).astype("float32")
+    upstream = rng.standard_normal(x.shape).astype("float32")
+    gn = GroupNormalization(groups=2)
+    gn.build(x.shape)
+    gn.gamma.assign(gamma)
+    gn.beta.assign(beta)
+    with contextlib.nullcontext() if fused else unfused():
+        got = _group_norm_gradients(gn, x, upstream)
+    arguments = [a.astype(np.float64) for a in (x, gamma, beta)]
+    step = 1e-6
+    for which, gradient in enumerate(got):
+        expected = np.zeros(arguments[which].shape)
+        for index in np.ndindex(expected.shape):
+            sums = []
+            for sign in (1, -1):
+                shifted = [a.copy() for a in arguments]
+                shifted[which][index] += sign * step
+                sums.append(np.sum(group_norm(*shifted, groups=2) * upstream))
+            expected[index] = (sums[0] - sums[1]) / (2 * step)
+        np.testing.assert_allclose(gradient, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max(), err_msg=f"argument {which}")
+
+
 def test_group_norm_activation_follows_the_normalisation():
     rng = np.random.default_rng(8)
     x = rng.standard_normal((2, 3, 3, 8)).astype("float32")
