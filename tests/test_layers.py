@@ -71,9 +71,9 @@ def test_a_convolution_with_one_output_pixel_matches_numpy_and_its_gradient(size
     padded_gradient = np.zeros_like(padded)
     padded_gradient[:, :kernel_size, :kernel_size, :] = np.einsum("no,hwio->nhwi", upstream[:, 0, 0], standardize(kernel))
     input_gradient = padded_gradient[:, before : before + size, before : before + size, :]
-    np.testing.assert_allclose(_input_gradient(conv, x, upstream), input_gradient, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_gradients(conv, x, upstream)[0], input_gradient, rtol=1e-4, atol=1e-4)
     expected = _finite_difference_kernel_gradient(padded, kernel, upstream, stride=strides)
-    got = _kernel_gradient(conv, x, upstream)
+    got = _gradients(conv, x, upstream)[1]
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
 
 
@@ -90,9 +90,9 @@ def test_a_pointwise_convolution_matches_numpy_and_its_gradient(padding):
     np.testing.assert_allclose(got, conv2d(x, standardize(kernel)), rtol=1e-4, atol=1e-4)
     upstream = rng.standard_normal(got.shape).astype("float32")
     input_gradient = np.einsum("nhwo,io->nhwi", upstream, standardize(kernel)[0, 0])
-    np.testing.assert_allclose(_input_gradient(conv, x, upstream), input_gradient, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_gradients(conv, x, upstream)[0], input_gradient, rtol=1e-4, atol=1e-4)
     expected = _finite_difference_kernel_gradient(x, kernel, upstream)
-    got = _kernel_gradient(conv, x, upstream)
+    got = _gradients(conv, x, upstream)[1]
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
 
 
@@ -211,28 +211,6 @@ def test_group_norm_is_one_xla_cluster_under_tensorflow_and_matches_plain_ops():
     np.testing.assert_allclose(fused[0], group_norm(x, *keras.ops.convert_to_numpy([gn.gamma, gn.beta])), rtol=1e-4, atol=1e-4)
 
 
-def _group_norm_gradients(gn, x, upstream):
-    """d sum(gn(x) * upstream) / d (x, gamma, beta), by the backend's own differentiation."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(gn(x) * upstream)
-        return [g.numpy() for g in tape.gradient(loss, [x, gn.gamma.value, gn.beta.value])]
-    if backend == "jax":
-        import jax
-
-        def loss(inputs, gamma, beta):
-            outputs, _ = gn.stateless_call([gamma, beta], [], inputs)
-            return (outputs * upstream).sum()
-
-        return [np.asarray(g) for g in jax.grad(loss, argnums=(0, 1, 2))(x, gn.gamma.value, gn.beta.value)]
-    pytest.fail(f"no gradient helper for the {backend} backend")
-
-
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
 def test_group_norm_gradients_match_finite_differences(fused):
     # The gradient is written in closed form (`_group_norm`): checked against float64 NumPy, not against itself.
@@ -245,7 +223,7 @@ def test_group_norm_gradients_match_finite_differences(fused):
     gn.gamma.assign(gamma)
     gn.beta.assign(beta)
     with contextlib.nullcontext() if fused else unfused():
-        got = _group_norm_gradients(gn, x, upstream)
+        got = _gradients(gn, x, upstream)
     arguments = [a.astype(np.float64) for a in (x, gamma, beta)]
     step = 1e-6
     for which, gradient in enumerate(got):
@@ -358,41 +336,26 @@ def test_layers_serialize(layer):
     assert clone.get_config() == config
 
 
-def _kernel_gradient(conv, x, upstream):
-    """d sum(conv(x) * upstream) / d kernel, by the backend's own differentiation."""
+def _gradients(layer, x, upstream):
+    """d sum(layer(x) * upstream) / d (x, *the layer's trainable weights), by the backend's own differentiation."""
     backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(conv(x) * upstream)
-        return tape.gradient(loss, conv.kernel.value).numpy()
-    if backend == "jax":
-        import jax
-
-        def loss(kernel):
-            outputs, _ = conv.stateless_call([kernel], [], x)
-            return (outputs * upstream).sum()
-
-        return np.asarray(jax.grad(loss)(conv.kernel.value))
-    pytest.fail(f"no gradient helper for the {backend} backend")
-
-
-def _input_gradient(conv, x, upstream):
-    """d sum(conv(x) * upstream) / d x, by the backend's own differentiation."""
-    backend = keras.backend.backend()
+    weights = [v.value for v in layer.trainable_variables]
     if backend == "tensorflow":
         import tensorflow as tf
 
         x = tf.constant(x)
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss = tf.reduce_sum(conv(x) * upstream)
-        return tape.gradient(loss, x).numpy()
+            loss = tf.reduce_sum(layer(x) * upstream)
+        return [g.numpy() for g in tape.gradient(loss, [x, *weights])]
     if backend == "jax":
         import jax
 
-        return np.asarray(jax.grad(lambda inputs: (conv(inputs) * upstream).sum())(x))
+        def loss(inputs, *trainable):
+            outputs, _ = layer.stateless_call(list(trainable), [v.value for v in layer.non_trainable_variables], inputs)
+            return (outputs * upstream).sum()
+
+        return [np.asarray(g) for g in jax.grad(loss, argnums=tuple(range(1 + len(weights))))(x, *weights)]
     pytest.fail(f"no gradient helper for the {backend} backend")
 
 
@@ -422,7 +385,7 @@ def test_weight_standardization_gradient_matches_finite_differences(epsilon):
     kernel = (rng.standard_normal((3, 3, 2, 3)) * 0.5 + 0.3).astype("float32")
     conv.kernel.assign(kernel)
     upstream = rng.standard_normal((2, 3, 3, 3)).astype("float32")
-    got = _kernel_gradient(conv, x, upstream)
+    got = _gradients(conv, x, upstream)[1]
     expected = _finite_difference_kernel_gradient(x, kernel, upstream, epsilon)
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
 
