@@ -363,8 +363,8 @@ def _group_norm(inputs, gamma, beta, groups, epsilon, channels, pixel_mean):
     gradient reads the input as it came (bfloat16 under mixed precision),
     not a float32 copy kept from the forward pass. `bit_keras/tf-gn-autodiff`
     in `benchmarks/bench_step.py` undoes it: bfloat16 training of R50x1 at
-    128 px was 1.03x with it and its peak memory a tenth lower; float32 the
-    same. Under JAX, where XLA differentiates the whole step, its own
+    128 px was 1.03x and 1.10x with it in two runs, its peak memory a tenth
+    lower; float32 the same. Under JAX, where XLA differentiates the whole step, its own
     gradient trained about 2% faster on a CPU, so it is kept there.
     """
     if keras.backend.backend() != "tensorflow":
