@@ -22,7 +22,11 @@ One training step is forward, soft-label cross-entropy, backward and an SGD
                           (only when named in --contenders): what that order costs
     bit_keras/tf-gn-autodiff  the default with GroupNorm's gradient by automatic differentiation,
                           as before its closed form (only when named in --contenders): what the
-                          closed form saves
+                          closed form saves; `bit_keras/jax-gn-closed-form` the other way round:
+                          JAX with the closed form, which it does not use
+    bit_keras/tf-interop1  the default with one TensorFlow inter-op thread (`TF_NUM_INTEROP_THREADS`)
+                          instead of one per core (only when named in --contenders): no slow spells,
+                          slower training (docs/performance.md)
     bit_keras/tf-conv-only  the default with every convolution through the backend's convolution,
                           as before 1x1 stride-1 and one-output-pixel convolutions became matrix
                           products (only when named in --contenders): what those products save
@@ -82,6 +86,7 @@ model's convolution and dense FLOPs, measured in the same run.
 
 import argparse
 import contextlib
+import os
 import statistics
 import sys
 import time
@@ -103,6 +108,7 @@ CONTENDERS = {
     "bit_keras/tf-gn-onepass": ("bit_keras", "tensorflow", {"group_norm": "one_pass"}),
     "bit_keras/tf-gn-grouped": ("bit_keras", "tensorflow", {"group_norm": "grouped"}),
     "bit_keras/tf-gn-autodiff": ("bit_keras", "tensorflow", {"group_norm": "autodiff"}),
+    "bit_keras/tf-interop1": ("bit_keras", "tensorflow", {"inter_op_threads": 1}),
     "bit_keras/tf-conv-only": ("bit_keras", "tensorflow", {"conv_only": True}),
     "bit_keras/tf-ws-ops": ("bit_keras", "tensorflow", {"ws_ops": True}),
     "bit_keras/tf-relu-layers": ("bit_keras", "tensorflow", {"relu_layers": True}),
@@ -112,6 +118,7 @@ CONTENDERS = {
     "bit_keras/jax": ("bit_keras", "jax", {}),
     "bit_keras/jax-stateless": ("bit_keras", "jax", {"stateless": True}),
     "bit_keras/jax-floor": ("bit_keras", "jax", {"floor": True}),
+    "bit_keras/jax-gn-closed-form": ("bit_keras", "jax", {"group_norm": "closed_form"}),
     "timm/eager": ("timm", None, {}),
     "timm/compile": ("timm", None, {"compile": True}),
     "keras/resnet50v2": ("keras_resnet50v2", "tensorflow", {}),
@@ -123,12 +130,14 @@ DIAGNOSTIC_CONTENDERS = (
     "bit_keras/tf-gn-onepass",
     "bit_keras/tf-gn-grouped",
     "bit_keras/tf-gn-autodiff",
+    "bit_keras/tf-interop1",
     "bit_keras/tf-conv-only",
     "bit_keras/tf-ws-ops",
     "bit_keras/tf-relu-layers",
     "bit_keras/tf-gn-reductions",
     "bit_keras/tf-folded-xla",
     "bit_keras/jax-floor",
+    "bit_keras/jax-gn-closed-form",
 )
 DEFAULT_CONTENDERS = [name for name in CONTENDERS if name not in DIAGNOSTIC_CONTENDERS]
 PEERS = ("timm/eager", "timm/compile", "keras/resnet50v2")
@@ -159,6 +168,8 @@ def _labels(rng, batch_size, num_classes):
 
 
 def _keras_steps(args, family, options):
+    if options.get("inter_op_threads"):  # before TensorFlow starts
+        os.environ["TF_NUM_INTEROP_THREADS"] = str(options["inter_op_threads"])
     if family == "bit_keras":
         import bit_keras  # first, as a user imports it: it sets TensorFlow's start-up options
 
@@ -209,6 +220,8 @@ def _keras_steps(args, family, options):
         description = f"jax {jax.__version__} on {device.device_kind}"
         if options.get("floor"):
             description += ", the floor: no weight standardisation, GroupNorm without statistics"
+        elif options.get("group_norm"):
+            description += f", GroupNorm {GROUP_NORMS[options['group_norm']][1]}"
     else:
         import tensorflow as tf
 
@@ -231,6 +244,8 @@ def _keras_steps(args, family, options):
                 description += ", weight standardisation as separate ops (no fused batch norm)"
             elif options.get("relu_layers"):
                 description += ", each ReLU a layer after its GroupNorm"
+            elif options.get("inter_op_threads"):
+                description += f", {options['inter_op_threads']} inter-op thread(s)"
             elif options.get("gn_reductions"):
                 description += ", GroupNorm's means reductions under mixed precision too (no products)"
             else:
@@ -287,16 +302,24 @@ def _grouped_group_norm(x, gamma, beta, groups, epsilon, channels, pixel_mean):
     return ops.reshape(centered * scale + ops.reshape(beta, (1, 1, groups, per_group)), shape)
 
 
-def _autodiff_group_norm(x, gamma, beta, groups, epsilon, channels, pixel_mean):
+def _autodiff_group_norm(x, gamma, beta, **static):
     """bit_keras' GroupNorm, differentiated by the framework rather than by its closed-form gradient."""
     from bit_keras.layers import _normalized
 
-    return _normalized(x, gamma, beta, groups, epsilon, channels, pixel_mean)[0]
+    return _normalized(x, gamma, beta, **static)[0]
+
+
+def _closed_form_group_norm(x, gamma, beta, **static):
+    """bit_keras' GroupNorm with its closed-form gradient, whatever the backend."""
+    from bit_keras.layers import _closed_form_group_norm
+
+    return _closed_form_group_norm(x, gamma, beta, **static)
 
 
 # The diagnostic GroupNorms: option -> (function, description)
 GROUP_NORMS = {
     "autodiff": (_autodiff_group_norm, "with its gradient by automatic differentiation"),
+    "closed_form": (_closed_form_group_norm, "with its gradient in closed form"),
     "one_pass": (_one_pass_group_norm, "with a one-pass variance"),
     "grouped": (_grouped_group_norm, "reducing over pixels and a group's channels at once"),
 }

@@ -213,7 +213,7 @@ def test_group_norm_is_one_xla_cluster_under_tensorflow_and_matches_plain_ops():
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
 def test_group_norm_gradients_match_finite_differences(fused):
-    # The gradient is written in closed form (`_group_norm`): checked against float64 NumPy, not against itself.
+    # Under TensorFlow the gradient is written in closed form (`_closed_form_group_norm`): checked against float64 NumPy, not against itself.
     rng = np.random.default_rng(12)
     x = (rng.standard_normal((2, 3, 4, 8)) * 2 + 3).astype("float32")
     gamma, beta = rng.standard_normal(8).astype("float32"), rng.standard_normal(8).astype("float32")
@@ -225,16 +225,13 @@ def test_group_norm_gradients_match_finite_differences(fused):
     with contextlib.nullcontext() if fused else unfused():
         got = _gradients(gn, x, upstream)
     arguments = [a.astype(np.float64) for a in (x, gamma, beta)]
-    step = 1e-6
     for which, gradient in enumerate(got):
-        expected = np.zeros(arguments[which].shape)
-        for index in np.ndindex(expected.shape):
-            sums = []
-            for sign in (1, -1):
-                shifted = [a.copy() for a in arguments]
-                shifted[which][index] += sign * step
-                sums.append(np.sum(group_norm(*shifted, groups=2) * upstream))
-            expected[index] = (sums[0] - sums[1]) / (2 * step)
+
+        def loss(argument, which=which):
+            shifted = [argument if i == which else a for i, a in enumerate(arguments)]
+            return float(np.sum(group_norm(*shifted, groups=2) * upstream))
+
+        expected = _central_differences(loss, arguments[which])
         np.testing.assert_allclose(gradient, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max(), err_msg=f"argument {which}")
 
 
@@ -359,21 +356,24 @@ def _gradients(layer, x, upstream):
     pytest.fail(f"no gradient helper for the {backend} backend")
 
 
-def _finite_difference_kernel_gradient(x, kernel, upstream, epsilon=1e-10, stride=1):
-    """d sum(conv2d(x, standardize(kernel)) * upstream) / d kernel by central differences, in float64 NumPy."""
-
-    def loss(w):
-        return float(np.sum(conv2d(x.astype(np.float64), standardize(w, epsilon), stride=stride) * upstream))
-
+def _central_differences(loss, point):
+    """d loss / d point by central differences, in float64."""
     step = 1e-6
-    expected = np.zeros(kernel.shape)
-    for index in np.ndindex(kernel.shape):
-        shifted = kernel.astype(np.float64)
+    gradient = np.zeros(point.shape)
+    for index in np.ndindex(point.shape):
+        shifted = point.astype(np.float64)
         shifted[index] += step
         up = loss(shifted)
         shifted[index] -= 2 * step
-        expected[index] = (up - loss(shifted)) / (2 * step)
-    return expected
+        gradient[index] = (up - loss(shifted)) / (2 * step)
+    return gradient
+
+
+def _finite_difference_kernel_gradient(x, kernel, upstream, epsilon=1e-10, stride=1):
+    """d sum(conv2d(x, standardize(kernel)) * upstream) / d kernel by central differences, in float64 NumPy."""
+    return _central_differences(
+        lambda w: float(np.sum(conv2d(x.astype(np.float64), standardize(w, epsilon), stride=stride) * upstream)), kernel
+    )
 
 
 @pytest.mark.parametrize("epsilon", [1e-10, 1e-2])
