@@ -22,8 +22,7 @@ One training step is forward, soft-label cross-entropy, backward and an SGD
                           (only when named in --contenders): what that order costs
     bit_keras/tf-gn-autodiff  the default with GroupNorm's gradient by automatic differentiation,
                           as before its closed form (only when named in --contenders): what the
-                          closed form saves; `bit_keras/jax-gn-closed-form` the other way round:
-                          JAX with the closed form, which it does not use
+                          closed form saves; `bit_keras/jax-gn-autodiff` the same under JAX
     bit_keras/tf-interop1  the default with one TensorFlow inter-op thread (`TF_NUM_INTEROP_THREADS`)
                           instead of one per core (only when named in --contenders): no slow spells,
                           slower training (docs/performance.md)
@@ -118,7 +117,7 @@ CONTENDERS = {
     "bit_keras/jax": ("bit_keras", "jax", {}),
     "bit_keras/jax-stateless": ("bit_keras", "jax", {"stateless": True}),
     "bit_keras/jax-floor": ("bit_keras", "jax", {"floor": True}),
-    "bit_keras/jax-gn-closed-form": ("bit_keras", "jax", {"group_norm": "closed_form"}),
+    "bit_keras/jax-gn-autodiff": ("bit_keras", "jax", {"group_norm": "autodiff"}),
     "timm/eager": ("timm", None, {}),
     "timm/compile": ("timm", None, {"compile": True}),
     "keras/resnet50v2": ("keras_resnet50v2", "tensorflow", {}),
@@ -137,7 +136,7 @@ DIAGNOSTIC_CONTENDERS = (
     "bit_keras/tf-gn-reductions",
     "bit_keras/tf-folded-xla",
     "bit_keras/jax-floor",
-    "bit_keras/jax-gn-closed-form",
+    "bit_keras/jax-gn-autodiff",
 )
 DEFAULT_CONTENDERS = [name for name in CONTENDERS if name not in DIAGNOSTIC_CONTENDERS]
 PEERS = ("timm/eager", "timm/compile", "keras/resnet50v2")
@@ -309,17 +308,9 @@ def _autodiff_group_norm(x, gamma, beta, **static):
     return _normalized(x, gamma, beta, **static)[0]
 
 
-def _closed_form_group_norm(x, gamma, beta, **static):
-    """bit_keras' GroupNorm with its closed-form gradient, whatever the backend."""
-    from bit_keras.layers import _closed_form_group_norm
-
-    return _closed_form_group_norm(x, gamma, beta, **static)
-
-
 # The diagnostic GroupNorms: option -> (function, description)
 GROUP_NORMS = {
     "autodiff": (_autodiff_group_norm, "with its gradient by automatic differentiation"),
-    "closed_form": (_closed_form_group_norm, "with its gradient in closed form"),
     "one_pass": (_one_pass_group_norm, "with a one-pass variance"),
     "grouped": (_grouped_group_norm, "reducing over pixels and a group's channels at once"),
 }

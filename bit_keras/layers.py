@@ -350,19 +350,7 @@ def _normalize(inputs, gamma, beta, activation, dtype, **static):
     return ops.cast(activation(_group_norm(inputs, gamma, beta, **static)), dtype)
 
 
-def _group_norm(inputs, gamma, beta, **static):
-    """`_normalized` in float32: under TensorFlow `_closed_form_group_norm`, elsewhere as it is.
-
-    Under JAX, where XLA differentiates the whole step, its own gradient
-    trained about 2% faster on a CPU than the closed form
-    (`bit_keras/jax-gn-closed-form` in `benchmarks/bench_step.py`).
-    """
-    if keras.backend.backend() == "tensorflow":
-        return _closed_form_group_norm(inputs, gamma, beta, **static)
-    return _normalized(inputs, gamma, beta, **static)[0]
-
-
-def _closed_form_group_norm(inputs, gamma, beta, groups, epsilon, channels, pixel_mean):
+def _group_norm(inputs, gamma, beta, groups, epsilon, channels, pixel_mean):
     """`_normalized` in float32, with its gradient in closed form.
 
     With `g = upstream * gamma` and `n` the normalised input, the input's
@@ -376,7 +364,9 @@ def _closed_form_group_norm(inputs, gamma, beta, groups, epsilon, channels, pixe
     not a float32 copy kept from the forward pass. `bit_keras/tf-gn-autodiff`
     in `benchmarks/bench_step.py` undoes it: bfloat16 training of R50x1 at
     128 px was 1.03x and 1.10x with it in two runs, its peak memory a tenth
-    lower; float32 the same.
+    lower; float32 the same. Under JAX, where XLA differentiates the whole
+    step, it was the same within the runs' spread (0.98x and 1.01x on a CPU,
+    `bit_keras/jax-gn-autodiff`), so every backend has the one gradient.
     """
 
     @ops.custom_gradient

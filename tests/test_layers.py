@@ -213,7 +213,7 @@ def test_group_norm_is_one_xla_cluster_under_tensorflow_and_matches_plain_ops():
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
 def test_group_norm_gradients_match_finite_differences(fused):
-    # Under TensorFlow the gradient is written in closed form (`_closed_form_group_norm`): checked against float64 NumPy, not against itself.
+    # The gradient is written in closed form (`_group_norm`): checked against float64 NumPy, not against itself.
     rng = np.random.default_rng(12)
     x = (rng.standard_normal((2, 3, 4, 8)) * 2 + 3).astype("float32")
     gamma, beta = rng.standard_normal(8).astype("float32"), rng.standard_normal(8).astype("float32")
